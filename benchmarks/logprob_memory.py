@@ -1,3 +1,7 @@
+"""Peak memory of token_logprobs_and_entropy (chunked) vs naive log_softmax on [2, 2048, 32000] bf16 logits.
+
+Usage: python benchmarks/logprob_memory.py naive|1024|256   (prints forward / forward+backward peak MiB)
+"""
 import ctypes, sys, torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from ring_lightning.rl.losses import token_logprobs_and_entropy
