@@ -7,7 +7,6 @@ download); `load_policy("/path/to/checkpoint")` loads any HF causal LM saved wit
 
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 
 import torch
@@ -22,7 +21,7 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfl
 
 def shipped_tokenizer_dir() -> Path:
     """Directory of the small byte-level BPE tokenizer shipped in the package."""
-    return Path(str(resources.files("ring_lightning") / "assets" / "tokenizer"))
+    return Path(__file__).resolve().parents[1] / "assets" / "tokenizer"
 
 
 def to_dtype(dtype: str | torch.dtype) -> torch.dtype:

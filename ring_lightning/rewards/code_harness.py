@@ -1,0 +1,316 @@
+"""The test harness that runs *inside* the sandbox for `CodeReward` (trusted code, standard library only).
+
+`code.py` copies this file into the sandbox with the program and a marshal'ed config, then runs
+``python -I -S harness.py``. It reads a random token from stdin (then stdin is closed for good),
+runs the tests and reports on the result channel (fd 3) as JSON lines that carry the token; the
+trainer, not this harness, decides pass/fail:
+
+* stdio: for each case it forks a child that gets the case input as stdin and a file as stdout
+  (Python runs in the forked interpreter, other languages are `exec`ed), waits with a wall-clock
+  limit and RLIMIT_CPU, kills every left-over process, and reports the exit code and the SHA-256
+  of the normalised output (`normalize_output`). Expected outputs never enter the sandbox, so a
+  program cannot learn them, and what it prints cannot fake a verdict.
+* assert: runs the program, then the assert tests that `assert_probes.py` rewrote into calls
+  ``__rl_probe__(id, operand, ...)``: each call serialises its operands with `encode_value`
+  (exact built-in types only, so objects with a rigged ``__eq__`` are rejected) and the trainer
+  compares them. A literal side of a comparison (``== 5``) was removed from the code before it
+  entered the sandbox. The tests run with a snapshot of the builtins taken before the program ran,
+  and see the program's names (module ``solution``) except those that shadow a builtin.
+  A final ``{"end": true}`` is written only after every test statement has run; ``sys.exit`` or
+  ``os._exit`` in the program prevent it.
+
+`normalize_output` is imported by the trainer too, so both sides normalise identically.
+"""
+
+import builtins
+import io
+import marshal
+import os
+import sys
+import time
+
+CHANNEL_FD = 3
+_JSON_ESCAPES = {i: "\\u%04x" % i for i in list(range(32)) + list(range(0xD800, 0xE000))}
+_JSON_ESCAPES.update({ord('"'): '\\"', ord("\\"): "\\\\"})
+
+
+def normalize_output(text):
+    """Stdout as compared: trailing whitespace of every line and trailing empty lines removed."""
+    lines = [line.rstrip() for line in text.split("\n")]
+    while lines and not lines[-1]:
+        lines.pop()
+    return "\n".join(lines)
+
+
+def to_json(obj):
+    """JSON text of None / bool / int / str / list / dict[str, ...] (no `json` import: startup cost)."""
+    if obj is None:
+        return "null"
+    if obj is True:
+        return "true"
+    if obj is False:
+        return "false"
+    t = type(obj)
+    if t is int:
+        return str(obj)
+    if t is str:
+        return '"' + obj.translate(_JSON_ESCAPES) + '"'
+    if t is list or t is tuple:
+        return "[" + ",".join(to_json(x) for x in obj) + "]"
+    if t is dict:
+        return "{" + ",".join(to_json(k) + ":" + to_json(v) for k, v in obj.items()) + "}"
+    raise TypeError(f"cannot write {t.__name__} as JSON")
+
+
+class Unencodable(Exception):
+    pass
+
+
+def encode_value(x, budget=None, depth=0):
+    """Tagged, exact encoding of a built-in value; anything else (subclasses too) is refused."""
+    if budget is None:
+        budget = [200_000]
+    budget[0] -= 1
+    if budget[0] < 0 or depth > 100:
+        raise Unencodable("value too large or too deeply nested")
+    t = type(x)
+    if x is None:
+        return ["N"]
+    if t is bool:
+        return ["b", 1 if x else 0]
+    if t is int:
+        return ["i", hex(x)]
+    if t is float:
+        return ["f", float.hex(x)]
+    if t is complex:
+        return ["c", float.hex(x.real), float.hex(x.imag)]
+    if t is str:
+        return ["s", str.__str__(x)]
+    if t is bytes:
+        return ["y", bytes.hex(x)]
+    tags = {list: "l", tuple: "t", set: "S", frozenset: "F"}
+    if t in tags:
+        return [tags[t], [encode_value(v, budget, depth + 1) for v in t.__iter__(x)]]
+    coll = sys.modules.get("collections")
+    dict_types = (dict,) + ((coll.OrderedDict, coll.defaultdict, coll.Counter) if coll else ())
+    if t in dict_types:
+        return ["d", [[encode_value(k, budget, depth + 1), encode_value(v, budget, depth + 1)]
+                      for k, v in dict.items(x)]]
+    raise Unencodable(f"a value of type {t.__module__}.{t.__qualname__} (only built-in types are compared)")
+
+
+class Channel:
+    def __init__(self, token):
+        self.token = token
+
+    def send(self, **fields):
+        fields["t"] = self.token
+        data = (to_json(fields) + "\n").encode("utf-8")
+        view = memoryview(data)
+        while view:
+            view = view[os.write(CHANNEL_FD, view):]
+
+
+def _child_stdio(in_path, out_path, err_path, cfg, code):
+    """In the forked child: become the program for one test case. Never returns."""
+    rc = 1
+    try:
+        for fd, path, flags in ((0, in_path, os.O_RDONLY), (1, out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC),
+                                (2, err_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)):
+            f = os.open(path, flags, 0o600)
+            os.dup2(f, fd)
+            os.close(f)
+        os.closerange(3, 4096)  # the result channel included
+        import resource
+        cpu = int(cfg["case_cpu_s"])
+        hard = resource.getrlimit(resource.RLIMIT_CPU)[1]
+        hard = cpu + 1 if hard == resource.RLIM_INFINITY else min(hard, cpu + 1)
+        resource.setrlimit(resource.RLIMIT_CPU, (min(cpu, hard), hard))
+        lang = cfg["language"]
+        if code is None:
+            os.execvp(lang["run"][0], lang["run"])
+        sys.stdin = io.open(0, "r", encoding="utf-8", closefd=False)
+        sys.stdout = io.open(1, "w", encoding="utf-8", closefd=False)
+        sys.stderr = io.open(2, "w", encoding="utf-8", errors="backslashreplace", closefd=False, buffering=1)
+        sys.argv = [lang["source_file"]]
+        rc = 0
+        try:
+            exec(code, {"__name__": "__main__", "__builtins__": builtins, "__file__": lang["source_file"]})
+        except SystemExit as e:
+            rc = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+            if not isinstance(e.code, (int, type(None))):
+                print(e.code, file=sys.stderr)
+        except BaseException:  # noqa: BLE001 - report like the interpreter does, without harness frames
+            import traceback
+            etype, err, tb = sys.exc_info()
+            traceback.print_exception(etype, err, tb.tb_next)
+            rc = 1
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except BaseException:  # noqa: BLE001
+            rc = rc or 1
+    finally:
+        os._exit(rc & 0xFF if rc >= 0 else 1)
+
+
+def _wait(pid, timeout_s):
+    deadline = time.monotonic() + timeout_s
+    delay = 0.0005
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status), False
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            _, status = os.waitpid(pid, 0)
+            return os.waitstatus_to_exitcode(status), True
+        time.sleep(delay)
+        delay = min(delay * 2, 0.005)
+
+
+def _kill_leftovers(cfg):
+    """SIGKILL everything else this run started (when allowed) and reap what is ours to reap."""
+    for _ in range(5000):
+        if cfg["kill_all"]:
+            try:
+                os.kill(-1, 9)  # as PID 1 of the namespace (or as the run's own uid): all the others
+            except ProcessLookupError:
+                pass
+        try:
+            while True:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+                if pid == 0:
+                    break
+        except ChildProcessError:
+            return
+        if not cfg["kill_all"]:
+            return
+        time.sleep(0.001)
+
+
+def _tail(path, n=300):
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.path.getsize(path) - n))
+            return f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def run_stdio(cfg, chan):
+    import hashlib
+
+    lang = cfg["language"]
+    code = None
+    if lang.get("compile"):
+        pid = os.fork()
+        if pid == 0:
+            try:
+                f = os.open(".compile.err", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                os.dup2(f, 1)
+                os.dup2(f, 2)
+                os.closerange(3, 4096)
+                os.execvp(lang["compile"][0], lang["compile"])
+            finally:
+                os._exit(127)
+        rc, timed_out = _wait(pid, cfg["compile_timeout_s"])
+        _kill_leftovers(cfg)
+        if rc != 0 or timed_out:
+            chan.send(compile_error=("timed out; " if timed_out else f"exit {rc}; ") + _tail(".compile.err", 2000))
+            return
+    if not lang.get("run"):
+        with open(lang["source_file"], "rb") as f:
+            source = f.read()
+        try:
+            code = compile(source, lang["source_file"], "exec")
+        except (SyntaxError, ValueError) as e:
+            chan.send(compile_error=f"{type(e).__name__}: {e}")
+            return
+    cap = cfg["max_output_bytes"]
+    for i, text in enumerate(cfg["inputs"]):
+        with open(".case.in", "wb") as f:
+            f.write(text.encode("utf-8"))
+        pid = os.fork()
+        if pid == 0:
+            _child_stdio(".case.in", ".case.out", ".case.err", cfg, code)
+        rc, timed_out = _wait(pid, cfg["case_timeout_s"])
+        _kill_leftovers(cfg)
+        try:
+            with open(".case.out", "rb") as f:
+                raw = f.read(cap + 1)
+        except OSError:
+            raw = b""
+        out = normalize_output(raw[:cap].decode("utf-8", "replace"))
+        chan.send(case=i, exit=rc, timeout=timed_out, over=len(raw) > cap,
+                  sha=hashlib.sha256(out.encode("utf-8")).hexdigest(), head=out[:200], err=_tail(".case.err"))
+    chan.send(end=True)
+
+
+def run_assert(cfg, chan):
+    lang = cfg["language"]
+    with open(lang["source_file"], "rb") as f:
+        source = f.read()
+    try:
+        code = compile(source, lang["source_file"], "exec")
+        tests = compile(cfg["tests"], "tests.py", "exec")
+    except (SyntaxError, ValueError) as e:
+        chan.send(compile_error=f"{type(e).__name__}: {e}")
+        return
+    snapshot = dict(builtins.__dict__)  # taken before the program can patch builtins
+    enc, unenc, send = encode_value, Unencodable, chan.send
+    count = [0]
+
+    def probe(aid, *values):
+        count[0] += 1
+        if count[0] > cfg["max_events"]:
+            raise RuntimeError("too many assertions executed")
+        try:
+            send(a=aid, v=[enc(v) for v in values])
+        except unenc as e:
+            send(a=aid, e=str(e))
+
+    module = type(sys)("solution")  # importable as `solution` by the tests
+    module.__file__ = lang["source_file"]
+    sys.modules["solution"] = module
+    try:
+        exec(code, module.__dict__)
+    except BaseException as e:  # noqa: BLE001 - SystemExit included: exiting early is a failure
+        send(error=f"the program raised {type(e).__name__}: {str(e)[:300]}")
+        return
+    scope = {k: v for k, v in module.__dict__.items() if k not in snapshot}
+    scope.update(__name__="__main__", __builtins__=snapshot, __rl_probe__=probe)
+    try:
+        exec(tests, scope)
+    except BaseException as e:  # noqa: BLE001
+        send(error=f"the tests raised {type(e).__name__}: {str(e)[:300]}")
+        return
+    send(end=True)
+
+
+def main():
+    token = b""
+    while not token.endswith(b"\n"):
+        chunk = os.read(0, 256)
+        if not chunk:
+            break
+        token += chunk
+    devnull = os.open("/dev/null", os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    with open("harness_config.marshal", "rb") as f:
+        cfg = marshal.load(f)
+    chan = Channel(token.decode().strip())
+    if cfg["mode"] == "stdio":
+        run_stdio(cfg, chan)
+    else:
+        run_assert(cfg, chan)
+
+
+if __name__ == "__main__":
+    main()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:
+        os._exit(0)
