@@ -30,7 +30,13 @@ class RewardResult:
 
 @runtime_checkable
 class Reward(Protocol):
-    """A batched reward function."""
+    """A batched reward function.
+
+    Optional members the router uses when present (looked up with `getattr`):
+        validate(row, where) -> None: raise `PromptRowError` naming `where` (file and row) when the
+            row lacks what this reward needs; called at data-load time.
+        binary: bool — True when rewards are 0/1, so the router also reports accuracy.
+    """
 
     def __call__(self, rows: Sequence[PromptRow], responses: Sequence[str]) -> list[RewardResult]:
         """Score `responses[i]` as an answer to `rows[i]`."""
