@@ -1,0 +1,112 @@
+"""TokenEfficiency: log RL training tokens / SFT training tokens every RL step.
+
+Ring-lite (arXiv 2506.14731, the distillation/RL interplay study) compares recipes by token
+efficiency = (# RL training tokens) / (# SFT training tokens) of the SFT checkpoint the RL stage
+started from. Numerator: `pl_module.rl_tokens_trained` (C3POModule: loss tokens of all ranks, i.e.
+Φ per step in c3po mode; restored on resume). Denominator, first found of:
+
+1. `sft_tokens` given explicitly;
+2. `sft_source`: a model directory with `ring_lightning_meta.json` (`sft_tokens_seen`), that JSON
+   file itself, an `rl_readiness.json` (its `chosen.sft_tokens`), or a Lightning SFT checkpoint
+   (`.ckpt`, its `sft_tokens_seen` entry);
+3. `pl_module.sft_tokens` (C3POModule reads it from the starting model directory's
+   `ring_lightning_meta.json` and carries it in its checkpoints).
+
+"SFT tokens" is what the SFT stage counted (`SFTModule.sft_tokens_seen`: non-padding tokens
+trained on); the report does not say whether prompt tokens count — we use SFT's own count. A
+missing or zero denominator is an error at train start (no silent 0 / inf).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch import Callback, LightningModule, Trainer
+
+from ring_lightning.callbacks.stage_transition import get_knob
+
+META_FILE = "ring_lightning_meta.json"
+
+
+def read_sft_tokens(source: str | Path) -> int:
+    """SFT training tokens recorded at `source` (see module docstring for the accepted kinds)."""
+    path = Path(source)
+    if path.is_dir():
+        path = path / META_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"TokenEfficiency: no SFT token record at {path}; point sft_source at the SFT "
+                                f"export directory (with {META_FILE}), rl_readiness.json or the SFT .ckpt")
+    if path.suffix == ".ckpt":
+        import torch
+
+        ckpt = torch.load(str(path), map_location="cpu", weights_only=False)  # trusted: our own checkpoint
+        value = ckpt.get("sft_tokens_seen")
+        where = f"{path} ['sft_tokens_seen']"
+    else:
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"TokenEfficiency: {path} is not valid JSON ({e})") from None
+        if isinstance(data.get("chosen"), dict):  # rl_readiness.json
+            value, where = data["chosen"].get("sft_tokens"), f"{path} ['chosen']['sft_tokens']"
+        else:
+            value = data.get("sft_tokens_seen", data.get("sft_tokens"))
+            where = f"{path} ['sft_tokens_seen']"
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or math.isnan(value) or value <= 0:
+        raise ValueError(f"TokenEfficiency: {where} must be a positive SFT token count, got {value!r}")
+    return int(value)
+
+
+class TokenEfficiency(Callback):
+    """Log `token_efficiency` = RL training tokens / SFT training tokens after every step.
+
+    Args:
+        sft_tokens: the SFT token count; None = read it from `sft_source` or the module.
+        sft_source: a path holding the SFT token count (module docstring); None = skip.
+        rl_tokens_attr: the LightningModule attribute counting RL training tokens.
+        sft_tokens_attr: the LightningModule attribute holding the SFT token count (fallback).
+        metric: the logged metric name.
+    """
+
+    def __init__(
+        self,
+        sft_tokens: int | None = None,
+        sft_source: str | None = None,
+        rl_tokens_attr: str = "rl_tokens_trained",
+        sft_tokens_attr: str = "sft_tokens",
+        metric: str = "token_efficiency",
+    ) -> None:
+        if sft_tokens is not None and sft_tokens <= 0:
+            raise ValueError(f"TokenEfficiency: sft_tokens must be > 0, got {sft_tokens}")
+        self.sft_tokens_arg, self.sft_source = sft_tokens, sft_source
+        self.rl_tokens_attr, self.sft_tokens_attr, self.metric = rl_tokens_attr, sft_tokens_attr, metric
+        self.sft_tokens: int | None = None
+        self.source: str | None = None
+
+    def resolve(self, pl_module: LightningModule) -> int:
+        """The SFT token denominator (and remember where it came from)."""
+        if self.sft_tokens_arg is not None:
+            self.sft_tokens, self.source = int(self.sft_tokens_arg), "sft_tokens argument"
+        elif self.sft_source is not None:
+            self.sft_tokens, self.source = read_sft_tokens(self.sft_source), str(self.sft_source)
+        else:
+            value = int(get_knob(pl_module, self.sft_tokens_attr) or 0)
+            if value <= 0:
+                raise ValueError(
+                    f"TokenEfficiency: no SFT token count: {type(pl_module).__name__}.{self.sft_tokens_attr} is "
+                    f"{value} (the starting model has no {META_FILE}); set sft_tokens or sft_source (the SFT "
+                    f"export dir, rl_readiness.json or SFT .ckpt), or drop this callback for runs not started from SFT")
+            self.sft_tokens, self.source = value, f"{type(pl_module).__name__}.{self.sft_tokens_attr}"
+        return self.sft_tokens
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.resolve(pl_module)
+        get_knob(pl_module, self.rl_tokens_attr)  # fail early on a wrong attribute name
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        rl = float(get_knob(pl_module, self.rl_tokens_attr))
+        pl_module.log(self.metric, rl / self.sft_tokens, on_step=True, on_epoch=False, batch_size=1)

@@ -1,0 +1,238 @@
+"""StageTransition: each trigger moves the datamodule to the next stage at the configured step,
+the data mixture changes, lr / module knobs follow, and the stage survives checkpoint + resume —
+with a minimal set_stage datamodule and with the real C3POModule + RolloutDataModule."""
+
+import math
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from torch.utils.data import DataLoader, IterableDataset
+
+from ring_lightning.callbacks.stage_transition import StageTransition, get_knob, set_knob
+
+
+class Forever(IterableDataset):
+    def __iter__(self):
+        while True:
+            yield torch.zeros(1)
+
+
+class StageDM(L.LightningDataModule):
+    """Minimal datamodule: a stage is a mixture tag; `draw()` returns the current stage's data.
+    It deliberately does not checkpoint its stage (the callback must restore it)."""
+
+    def __init__(self, stages=("reasoning", "general")):
+        super().__init__()
+        self.stages = {s: {f"src_{s}": 1.0} for s in stages}
+        self.stage = stages[0]
+        self.calls = []
+
+    def set_stage(self, name):
+        if name not in self.stages:
+            raise KeyError(name)
+        self.calls.append(name)
+        self.stage = name
+
+    def draw(self):
+        return next(iter(self.stages[self.stage]))
+
+    def train_dataloader(self):
+        return DataLoader(Forever(), batch_size=None)
+
+
+class Scripted(L.LightningModule):
+    """Logs scripted reward / entropy per step and records which data source each step drew."""
+
+    def __init__(self, rewards=None, entropies=None):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.rewards, self.entropies = rewards, entropies
+        self.loss_kwargs = {"entropy_coef": 5e-4}
+        self.drawn = []
+
+    def training_step(self, batch, batch_idx):
+        i = self.global_step
+        self.drawn.append(self.trainer.datamodule.draw())
+        self.log("reward/mean", float(self.rewards[i]) if self.rewards else 0.0, batch_size=1)
+        self.log("train/entropy", float(self.entropies[i]) if self.entropies else 1.0, batch_size=1)
+        return (self.w * 0).sum() + (self.w ** 2).sum()
+
+    def configure_optimizers(self):
+        opt = torch.optim.SGD([self.w], lr=0.1)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0),
+                                                   "interval": "step"}}
+
+
+class Logged(Callback):
+    def __init__(self):
+        self.rows = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.rows.append({k: float(v) for k, v in trainer.callback_metrics.items()})
+
+
+def run(module, dm, cb, steps, ckpt_dir=None, ckpt_path=None, extra=()):
+    callbacks = [cb, *extra]
+    if ckpt_dir is not None:
+        callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, save_last=True, every_n_train_steps=1, save_top_k=-1))
+    trainer = L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=ckpt_dir is not None,
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks)
+    trainer.fit(module, dm, ckpt_path=ckpt_path)
+    return trainer
+
+
+@pytest.mark.parametrize("first", [True, False])
+def test_steps_trigger_switches_mixture_after_exactly_n_steps_independent_of_callback_order(first):
+    dm, module = StageDM(), Scripted()
+    cb, log = StageTransition(triggers=["steps"], after_steps=3), Logged()
+    trainer = L.Trainer(max_steps=5, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[cb, log] if first else [log, cb])
+    trainer.fit(module, dm)
+    assert module.drawn == ["src_reasoning"] * 3 + ["src_general"] * 2
+    assert cb.index == 1 and cb.history[0]["step"] == 3 and cb.history[0]["to"] == "general"
+    assert log.rows[-1]["stage/index"] == 1.0
+
+
+def test_plateau_trigger_uses_ema_min_delta_and_patience():
+    # reward rises for 4 steps then stays flat: EMA keeps rising a little, so min_delta matters
+    rewards = [0.1, 0.3, 0.5, 0.7] + [0.7] * 12
+    dm, module = StageDM(), Scripted(rewards=rewards)
+    cb = StageTransition(triggers=["plateau"], ema_decay=0.5, min_delta=0.02, patience=3)
+    run(module, dm, cb, steps=12)
+    # hand computation of the EMA (decay 0.5) and the improvement test
+    ema, best, since, fired = None, None, 0, None
+    for step, r in enumerate(rewards, start=1):
+        ema = r if ema is None else 0.5 * ema + 0.5 * r
+        if best is None or ema - best > 0.02:
+            best, since = ema, 0
+        else:
+            since += 1
+        if since >= 3:
+            fired = step
+            break
+    assert fired is not None and cb.history[0]["step"] == fired
+    assert module.drawn[:fired] == ["src_reasoning"] * fired
+    assert set(module.drawn[fired:]) == {"src_general"}
+
+
+def test_entropy_band_trigger_with_patience_and_min_stage_steps():
+    entropies = [0.8, 0.2, 0.8, 0.2, 0.2, 0.2, 0.2, 0.2]
+    dm, module = StageDM(), Scripted(entropies=entropies)
+    cb = StageTransition(triggers=["entropy_band"], entropy_band=(0.3, 1.0), entropy_patience=2, min_stage_steps=5)
+    run(module, dm, cb, steps=8)
+    # outside the band twice in a row first at step 5 (steps 4, 5); min_stage_steps=5 allows step 5
+    assert cb.history[0]["step"] == 5
+    assert module.drawn == ["src_reasoning"] * 5 + ["src_general"] * 3
+
+
+def test_lr_scale_and_module_knobs_apply_on_entering_a_stage():
+    dm, module = StageDM(), Scripted()
+    cb = StageTransition(after_steps=2, lr_scale={"general": 0.5},
+                         module_knobs={"general": {"loss_kwargs.entropy_coef": 2e-3}})
+    trainer = run(module, dm, cb, steps=4)
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.05)  # survived 2 scheduler steps
+    assert module.loss_kwargs["entropy_coef"] == 2e-3
+
+
+def test_stage_survives_checkpoint_and_resume(tmp_path):
+    dm, module = StageDM(), Scripted()
+    cb = StageTransition(after_steps=2, module_knobs={"general": {"loss_kwargs.entropy_coef": 1e-3}})
+    run(module, dm, cb, steps=3, ckpt_dir=tmp_path)
+    assert cb.stage == "general"
+    ckpt = torch.load(tmp_path / "last.ckpt", weights_only=False)
+    (state,) = [v for k, v in ckpt["callbacks"].items() if "StageTransition" in k]
+    assert state["stage"] == "general" and state["stage_start_step"] == 2
+    # the checkpoint written at the transition step already holds the move (checkpoint callbacks run last)
+    at_move = torch.load(next(tmp_path.glob("*step=2.ckpt")), weights_only=False)
+    assert [v["stage"] for k, v in at_move["callbacks"].items() if "StageTransition" in k] == ["general"]
+
+    dm2, module2 = StageDM(), Scripted()
+    cb2 = StageTransition(after_steps=2, module_knobs={"general": {"loss_kwargs.entropy_coef": 1e-3}})
+    log = Logged()
+    run(module2, dm2, cb2, steps=5, ckpt_path=str(tmp_path / "last.ckpt"), extra=[log])
+    assert cb2.index == 1 and dm2.calls == ["general"]  # restored, and no further stage exists
+    assert module2.drawn == ["src_general"] * 2  # steps 4 and 5 of the resumed run
+    assert module2.loss_kwargs["entropy_coef"] == 1e-3
+    assert [r["stage/index"] for r in log.rows] == [1.0, 1.0]
+    assert [r["stage/steps_in_stage"] for r in log.rows] == [2.0, 3.0]
+
+
+def test_errors_name_the_problem():
+    with pytest.raises(ValueError, match="unknown triggers"):
+        StageTransition(triggers=["reward"])
+    with pytest.raises(ValueError, match="unknown stages"):
+        StageTransition(lr_scale={"other": 0.5})
+    dm, module = StageDM(), Scripted()
+    with pytest.raises(ValueError, match=r"not stages of StageDM"):
+        run(module, dm, StageTransition(stages=["reasoning", "chat"]), steps=1)
+    with pytest.raises(KeyError, match="metric 'nope' is not logged"):
+        run(Scripted(), StageDM(), StageTransition(triggers=["plateau"], metric="nope"), steps=1)
+    obj = Scripted()
+    with pytest.raises(KeyError, match="no key 'entropy'"):
+        set_knob(obj, "loss_kwargs.entropy", 1.0)
+    assert get_knob(obj, "loss_kwargs.entropy_coef") == 5e-4
+
+
+# ---------------------------------------------------------------- real C3POModule + RolloutDataModule
+from ring_lightning.data.prompt_stream import PromptSource  # noqa: E402
+from ring_lightning.data.rollouts import RolloutDataModule  # noqa: E402
+from ring_lightning.modules.c3po import C3POModule  # noqa: E402
+from ring_lightning.rewards.base import RewardResult  # noqa: E402
+from ring_lightning.rollout.engine import Completion  # noqa: E402
+
+
+class CountingEngine:
+    """Deterministic short completions (a test double for the engine seam)."""
+
+    def generate(self, prompts, n, sampling):
+        return [[Completion(tuple(range(3, 3 + 4 + (j + len(p)) % 5)), (-2.0,) * (4 + (j + len(p)) % 5), "x", "stop")
+                 for j in range(n)] for p in prompts]
+
+    def update_weights(self, named_tensors):
+        for _ in named_tensors:
+            pass
+
+    def sleep(self): ...
+    def wake(self): ...
+    def close(self): ...
+
+
+class DomainRecorder:
+    """Reward 1 for even-length responses; records the domains it was asked to score per call."""
+
+    def __init__(self, tag):
+        self.tag, self.calls = tag, []
+
+    def __call__(self, rows, texts):
+        self.calls.append((self.tag, sorted({r.domain for r in rows})))
+        return [RewardResult(float(i % 2)) for i, _ in enumerate(texts)]
+
+
+def make_rl(reasoning_reward, general_reward):
+    dm = RolloutDataModule(
+        sources={"math": PromptSource(task="arithmetic_steps", size=32), "ifeval": PromptSource(task="instruction", size=32)},
+        stages={"reasoning": {"math": 1.0}, "general": {"ifeval": 1.0}}, engine=CountingEngine(),
+        reward=reasoning_reward, stage_rewards={"general": general_reward},
+        prompts_per_step=2, samples_per_prompt=2, max_response_tokens=10, max_prompt_tokens=512)
+    module = C3POModule(model="bailing-tiny", token_budget=8, kl_coef=0.0, parity=False, lr=1e-3)
+    return module, dm
+
+
+def test_real_c3po_run_switches_mixture_and_rewards_and_resumes(tmp_path):
+    r1, g1 = DomainRecorder("reasoning"), DomainRecorder("general")
+    module, dm = make_rl(r1, g1)
+    cb = StageTransition(after_steps=2, module_knobs={"general": {"loss_kwargs.entropy_coef": 1e-2}})
+    run(module, dm, cb, steps=3, ckpt_dir=tmp_path)
+    assert [c[1] for c in r1.calls] == [["math"], ["math"]]  # steps 1-2: reasoning mixture + reward
+    assert [c[1] for c in g1.calls] == [["instruction"]]  # step 3: general mixture + its reward
+    assert dm.stage == "general" and module.loss_kwargs["entropy_coef"] == 1e-2
+
+    r2, g2 = DomainRecorder("reasoning"), DomainRecorder("general")
+    module2, dm2 = make_rl(r2, g2)
+    cb2 = StageTransition(after_steps=2, module_knobs={"general": {"loss_kwargs.entropy_coef": 1e-2}})
+    run(module2, dm2, cb2, steps=4, ckpt_path=str(tmp_path / "last.ckpt"))
+    assert r2.calls == [] and [c[1] for c in g2.calls] == [["instruction"]]
+    assert cb2.stage == "general" and dm2.stage == "general" and module2.loss_kwargs["entropy_coef"] == 1e-2
