@@ -1,0 +1,99 @@
+"""Routed-expert compute for a Mixture-of-Experts block: three interchangeable implementations.
+
+Ring-lite (arXiv 2506.14731) trains Ling-lite's 64-expert top-6 MoE but does not describe its expert
+kernels; the choice below is ours (grouping tokens by expert so cost follows the active experts).
+
+Every implementation takes the tokens `x` [N, H], the router's choice `topk_idx` [N, K] and weights
+`topk_weight` [N, K] (fp32), and the experts as an `nn.ModuleList` of SwiGLU MLPs
+(`gate_proj`, `up_proj`, `down_proj`), and returns `sum_k topk_weight[n, k] * expert_{idx[n, k]}(x[n])`
+[N, H]. Experts stay separate modules so parameter names equal the published Ling / Ring checkpoint
+names (`mlp.experts.{i}.gate_proj.weight`), which vLLM's loader expects.
+
+- `grouped`   : sort the N*K (token, expert) pairs by expert, run each expert once on its contiguous
+                slice, weight and `index_add` back. Cost follows the active tokens; the Python loop only
+                visits experts that received tokens. The default.
+- `grouped_mm`: the same token grouping, but one `torch._grouped_mm` call per projection over the
+                expert weights stacked at each forward (one kernel instead of a Python loop, aimed at
+                GPUs — not yet measured on one; on CPU it runs through torch's fallback, slower than
+                `grouped`). Needs `use_bias=False`.
+- `naive`     : every expert on every token, combined with a dense [N, E] weight matrix. E/K times the
+                work; kept as the reference and for the benchmark (benchmarks/bench_moe.py).
+
+The combine is accumulated in fp32 and cast back once (vLLM's fused MoE also keeps routing weights
+in fp32).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+
+def _group_by_expert(topk_idx: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Order of the flattened (token, slot) pairs sorted by expert, their token index, and counts [E]."""
+    flat = topk_idx.reshape(-1)  # [N*K]
+    order = torch.argsort(flat, stable=True)  # [N*K]
+    token_of = order // topk_idx.shape[1]  # [N*K]
+    counts = torch.bincount(flat, minlength=num_experts)  # [E]
+    return order, token_of, counts
+
+
+def routed_experts_grouped(x: torch.Tensor, topk_idx: torch.Tensor, topk_weight: torch.Tensor,
+                           experts: nn.ModuleList) -> torch.Tensor:
+    """Sort tokens by expert and run each active expert once on its slice."""
+    order, token_of, counts = _group_by_expert(topk_idx, len(experts))
+    xs = x[token_of]  # [N*K, H], grouped by expert
+    outs = []
+    start = 0
+    for e, n in enumerate(counts.tolist()):
+        if n:
+            outs.append(experts[e](xs[start:start + n]))
+            start += n
+    ys = torch.cat(outs, dim=0)  # [N*K, H]
+    w = topk_weight.reshape(-1)[order].unsqueeze(-1)  # [N*K, 1] fp32
+    out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+    out.index_add_(0, token_of, ys.float() * w)
+    return out.to(x.dtype)
+
+
+def routed_experts_grouped_mm(x: torch.Tensor, topk_idx: torch.Tensor, topk_weight: torch.Tensor,
+                              experts: nn.ModuleList) -> torch.Tensor:
+    """Grouped GEMM over stacked expert weights (`torch._grouped_mm`)."""
+    first = experts[0]
+    if first.gate_proj.bias is not None:
+        raise ValueError("moe_implementation='grouped_mm' needs bias-free experts (config.use_bias=False); "
+                         "use moe_implementation='grouped' instead")
+    order, token_of, counts = _group_by_expert(topk_idx, len(experts))
+    offs = torch.cumsum(counts, 0).to(torch.int32)  # [E]
+    xs = x[token_of]  # [M, H]
+    w_gate = torch.stack([e.gate_proj.weight for e in experts])  # [E, I, H]
+    w_up = torch.stack([e.up_proj.weight for e in experts])  # [E, I, H]
+    w_down = torch.stack([e.down_proj.weight for e in experts])  # [E, H, I]
+    gate = torch._grouped_mm(xs, w_gate.transpose(1, 2), offs=offs)  # [M, I]
+    up = torch._grouped_mm(xs, w_up.transpose(1, 2), offs=offs)  # [M, I]
+    ys = torch._grouped_mm((first.act_fn(gate) * up).contiguous(), w_down.transpose(1, 2), offs=offs)  # [M, H]
+    w = topk_weight.reshape(-1)[order].unsqueeze(-1)  # [M, 1]
+    out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+    out.index_add_(0, token_of, ys.float() * w)
+    return out.to(x.dtype)
+
+
+def routed_experts_naive(x: torch.Tensor, topk_idx: torch.Tensor, topk_weight: torch.Tensor,
+                         experts: nn.ModuleList) -> torch.Tensor:
+    """Reference: every expert on every token, weighted by a dense [N, E] combine matrix."""
+    combine = torch.zeros(x.shape[0], len(experts), dtype=torch.float32, device=x.device)  # [N, E]
+    combine.scatter_(1, topk_idx, topk_weight.float())
+    out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+    for e, expert in enumerate(experts):
+        out = out + expert(x).float() * combine[:, e:e + 1]
+    return out.to(x.dtype)
+
+
+EXPERT_IMPLEMENTATIONS: dict[str, Callable[..., torch.Tensor]] = {
+    "grouped": routed_experts_grouped,
+    "grouped_mm": routed_experts_grouped_mm,
+    "naive": routed_experts_naive,
+}
+

@@ -1,0 +1,174 @@
+"""Router auxiliary losses and expert-load metrics for MoE policies (BailingMoe and any HF MoE model).
+
+Paper: Ring-lite (arXiv 2506.14731) trains Ling-lite, a softmax top-k MoE (64 routed experts, top-6, 2
+shared experts). The report does not give the router regularisation used during its SFT and RL stages
+(no load-balance or z-loss coefficient is stated), so we choose: a Switch-Transformer load-balance
+loss (Fedus et al. 2021, eq. 4-6) and an ST-MoE router z-loss (Zoph et al. 2022, eq. 5), with small
+default coefficients 1e-5 and 1e-7 (config fields `router_aux_loss_coef`, `router_z_loss_coef`), so
+they watch for collapse without pulling the policy away from the distilled/RL objective.
+
+Conventions (ours, stated because papers and libraries differ):
+- load balance, per MoE layer: `E * sum_e f_e * P_e` with `f_e` the fraction of the N*K top-k slots
+  that went to expert e and `P_e` the mean router probability of e; equals 1.0 when routing is
+  uniform and rises to E/K when every token goes to the same K experts. Layers are averaged (HF's
+  `load_balancing_loss_func` pools counts over layers first and is K times larger; we do not use it
+  so the value means the same for every model).
+- z-loss, per layer: mean over tokens of `logsumexp(router_logits)^2`; layers averaged.
+- Router logits follow the HF layout: a tuple with one [B*T, E] tensor per MoE layer. A `token_mask`
+  [B, T] (1 = real token) excludes padding from both losses and from expert-load counts.
+
+Use from a LightningModule:
+    out = model(input_ids, ..., output_router_logits=True)
+    aux = router_aux_losses(out, model, token_mask=batch.attention_mask)
+    loss = ce + aux.get("loss", 0.0)          # {} for dense models
+    load = expert_load(out.router_logits, top_k(model))   # [L, E] tokens per expert
+    ratio = load_imbalance(load)                          # [L] max/min per layer
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+DEFAULT_AUX_LOSS_COEF = 1e-5
+DEFAULT_Z_LOSS_COEF = 1e-7
+
+# config fields that name the routed-expert count / top-k across HF MoE families
+_NUM_EXPERTS_FIELDS = ("num_experts", "num_local_experts", "n_routed_experts")
+_TOP_K_FIELDS = ("num_experts_per_tok", "moe_topk", "top_k")
+
+
+def _config(model: nn.Module):
+    config = getattr(model, "config", None)
+    if config is None:
+        raise TypeError(f"{type(model).__name__} has no `.config`; pass an HF PreTrainedModel")
+    return config
+
+
+def num_experts(model: nn.Module) -> int:
+    """Routed experts per MoE layer (0 for a dense model)."""
+    config = _config(model)
+    for field in _NUM_EXPERTS_FIELDS:
+        value = getattr(config, field, None)
+        if value:
+            return int(value)
+    return 0
+
+
+def top_k(model: nn.Module) -> int:
+    """Experts each token is routed to."""
+    config = _config(model)
+    for field in _TOP_K_FIELDS:
+        value = getattr(config, field, None)
+        if value:
+            return int(value)
+    raise ValueError(f"{type(model).__name__}'s config has none of {_TOP_K_FIELDS}; cannot tell the router top-k")
+
+
+def _flat_mask(token_mask: torch.Tensor | None, n_tokens: int, device: torch.device) -> torch.Tensor | None:
+    if token_mask is None:
+        return None
+    mask = token_mask.reshape(-1).to(device=device, dtype=torch.float32)  # [B*T]
+    if mask.numel() != n_tokens:
+        raise ValueError(f"token_mask has {mask.numel()} entries but router logits have {n_tokens} rows; "
+                         "pass the [B, T] mask of the same batch (1 = real token)")
+    return mask
+
+
+def load_balance_loss(router_logits: Sequence[torch.Tensor], top_k: int,
+                      token_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Switch load-balance loss averaged over layers (1.0 = uniform). Args: logits [B*T, E] per layer."""
+    losses = []
+    for logits in router_logits:
+        n, e = logits.shape
+        probs = torch.softmax(logits.float(), dim=-1)  # [N, E]
+        chosen = torch.topk(probs, top_k, dim=-1).indices  # [N, K]
+        mask = _flat_mask(token_mask, n, logits.device)
+        weight = torch.ones(n, device=logits.device) if mask is None else mask  # [N]
+        total = weight.sum().clamp_min(1.0)
+        counts = torch.zeros(e, device=logits.device).scatter_add_(
+            0, chosen.reshape(-1), weight.repeat_interleave(top_k))  # [E]
+        frac_tokens = counts / (total * top_k)  # [E], sums to 1
+        mean_prob = (probs * weight[:, None]).sum(0) / total  # [E]
+        losses.append(e * (frac_tokens * mean_prob).sum())
+    return torch.stack(losses).mean()
+
+
+def router_z_loss(router_logits: Sequence[torch.Tensor], token_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """ST-MoE router z-loss `mean_tokens(logsumexp(logits)^2)`, averaged over layers."""
+    losses = []
+    for logits in router_logits:
+        z = torch.logsumexp(logits.float(), dim=-1).square()  # [N]
+        mask = _flat_mask(token_mask, logits.shape[0], logits.device)
+        losses.append(z.mean() if mask is None else (z * mask).sum() / mask.sum().clamp_min(1.0))
+    return torch.stack(losses).mean()
+
+
+@torch.no_grad()
+def expert_load(router_logits: Sequence[torch.Tensor], top_k: int,
+                token_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Tokens routed to each expert, per MoE layer: [L, E] (float; padding excluded by `token_mask`)."""
+    rows = []
+    for logits in router_logits:
+        n, e = logits.shape
+        chosen = torch.topk(logits.float(), top_k, dim=-1).indices  # [N, K] (softmax keeps the order)
+        mask = _flat_mask(token_mask, n, logits.device)
+        weight = torch.ones(n, device=logits.device) if mask is None else mask
+        rows.append(torch.zeros(e, device=logits.device).scatter_add_(
+            0, chosen.reshape(-1), weight.repeat_interleave(top_k)))
+    return torch.stack(rows)
+
+
+def load_imbalance(load: torch.Tensor) -> torch.Tensor:
+    """max/min tokens per expert for each layer, [L]; the min is clamped to 1 token so idle experts stay finite."""
+    return load.max(dim=-1).values / load.min(dim=-1).values.clamp_min(1.0)
+
+
+def router_aux_losses(
+    outputs,
+    model: nn.Module,
+    *,
+    token_mask: torch.Tensor | None = None,
+    aux_loss_coef: float | None = None,
+    z_loss_coef: float | None = None,
+) -> dict[str, torch.Tensor]:
+    """Router regularisers of one forward pass, ready to add to the task loss.
+
+    Args:
+        outputs: the model's forward output; must carry `router_logits` for MoE models (call the model
+            with `output_router_logits=True`).
+        model: the model (its config gives the expert count, top-k and default coefficients).
+        token_mask: [B, T], 1 for real tokens; padding is excluded. None = every position counts.
+        aux_loss_coef: load-balance coefficient; default `config.router_aux_loss_coef`, else 1e-5.
+        z_loss_coef: z-loss coefficient; default `config.router_z_loss_coef`, else 1e-7.
+
+    Returns:
+        {} for a dense model. For a MoE model: `loss` (scaled sum, add it to the task loss),
+        `load_balance_loss` and `z_loss` (scaled), `load_balance_loss_unscaled`, `z_loss_unscaled`
+        (for logging; the unscaled load balance is 1.0 under uniform routing).
+    """
+    if num_experts(model) == 0:
+        return {}
+    router_logits = getattr(outputs, "router_logits", None)
+    if not router_logits:
+        raise ValueError(f"{type(model).__name__} is a MoE model but its outputs carry no router_logits; "
+                         "call it with output_router_logits=True")
+    config = _config(model)
+    if aux_loss_coef is None:
+        aux_loss_coef = getattr(config, "router_aux_loss_coef", None)
+        aux_loss_coef = DEFAULT_AUX_LOSS_COEF if aux_loss_coef is None else aux_loss_coef
+    if z_loss_coef is None:
+        z_loss_coef = getattr(config, "router_z_loss_coef", None)
+        z_loss_coef = DEFAULT_Z_LOSS_COEF if z_loss_coef is None else z_loss_coef
+    lb = load_balance_loss(router_logits, top_k(model), token_mask)
+    z = router_z_loss(router_logits, token_mask)
+    lb_scaled, z_scaled = aux_loss_coef * lb, z_loss_coef * z
+    return {
+        "loss": lb_scaled + z_scaled,
+        "load_balance_loss": lb_scaled,
+        "z_loss": z_scaled,
+        "load_balance_loss_unscaled": lb.detach(),
+        "z_loss_unscaled": z.detach(),
+    }
