@@ -1,0 +1,173 @@
+"""The `python -m ring_lightning` / `ring-lightning` command line.
+
+    python -m ring_lightning fit -c configs/quickstart/sft.yaml [--trainer.max_steps=10 ...]
+    python -m ring_lightning {fit,validate,test,predict} ...   LightningCLI subcommands
+    python -m ring_lightning prepare ...                        RL prompt-set preparation (data/prepare.py)
+    python -m ring_lightning pipeline ...                       the whole recipe, stage after stage (pipeline.py)
+
+`fit`/`validate`/`test`/`predict` are Lightning's own CLI (jsonargparse): the model and data are
+given by `class_path` + `init_args` (subclass mode), several `-c` files compose left to right,
+`${...}` interpolation works (omegaconf parser mode), dotted overrides such as
+`--model.init_args.lr=1e-4` and `--trainer.callbacks+=callbacks.throughput.ThroughputLogger` work,
+and class paths resolve from the current directory (so the repo's top-level `callbacks/` plug-ins
+load when run from the repo root). A configuration error prints one line naming the key or file
+and exits with status 2; set RING_LIGHTNING_DEBUG=1 for the full traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import sys
+from argparse import ArgumentError
+
+from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import TensorBoardLogger
+
+try:  # jsonargparse's own error type (argparse.ArgumentError subclass in recent versions)
+    from jsonargparse import ArgumentError as JsonArgumentError
+except ImportError:  # pragma: no cover - older jsonargparse
+    JsonArgumentError = ArgumentError
+from jsonargparse import lazy_instance
+
+DEBUG_ENV = "RING_LIGHTNING_DEBUG"
+EXTRA_COMMANDS = {
+    "prepare": ("ring_lightning.data.prepare", "clean, deduplicate, decontaminate and grade RL prompt sets"),
+    "pipeline": ("ring_lightning.pipeline", "run the Ring-lite recipe end to end (SFT, then RL stages)"),
+}
+DESCRIPTION = "ring_lightning: the Ring-lite recipe (long-CoT SFT + C3PO RL) on PyTorch Lightning.\n\n" + (
+    "Other commands (give them first, e.g. `python -m ring_lightning prepare --help`): "
+    + "; ".join(f"{name}: {help_}" for name, (_, help_) in EXTRA_COMMANDS.items()) + ".")
+
+# Defaults for every run; any of them can be overridden in a config or on the command line.
+# runs/ is git-ignored: logs, checkpoints and the saved config.yaml land there, also with logger=false.
+TRAINER_DEFAULTS = {
+    "logger": lazy_instance(TensorBoardLogger, save_dir="runs", name="ring_lightning"),
+    "default_root_dir": "runs",
+    "log_every_n_steps": 1,
+}
+
+
+class ConfigError(Exception):
+    """A configuration problem; its message names the key or file."""
+
+
+class RingLightningCLI(LightningCLI):
+    """LightningCLI in subclass mode for model and data, omegaconf interpolation, concise errors.
+
+    Args:
+        args: command-line arguments (None = sys.argv[1:]).
+        run: run the subcommand (False = only parse and instantiate).
+    """
+
+    def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
+        super().__init__(
+            LightningModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
+            parser_kwargs={"parser_mode": "omegaconf", "exit_on_error": False, "description": DESCRIPTION,
+                           "prog": "python -m ring_lightning"},
+            trainer_defaults=TRAINER_DEFAULTS, save_config_kwargs={"overwrite": True},
+            auto_configure_optimizers=False, args=args, run=run,
+        )
+
+    def parse_arguments(self, parser, args) -> None:
+        try:
+            super().parse_arguments(parser, args)
+        except (ArgumentError, JsonArgumentError) as e:
+            raise ConfigError(concise_error(str(e))) from e
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except (ValueError, TypeError, FileNotFoundError, ImportError, KeyError) as e:
+            message = str(e)
+            target = re.search(r"class_path='([^']+)'", message)
+            where = f" {target.group(1)}" if target else " the configured classes"
+            raise ConfigError(f"could not instantiate{where}: {concise_error(message)}") from e
+
+
+def concise_error(message: str) -> str:
+    """One line from jsonargparse's nested error report: the full key (or file) and what is wrong."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    keys: list[str] = []
+    detail, class_path = None, None
+    for line in lines:
+        m = re.match(r'(?:- )?Parser key "([^"]+)":\s*(.*)', line)
+        if m:
+            keys.append(m.group(1))
+            if m.group(2):
+                detail = m.group(2)
+                break
+            continue
+        m = re.match(r"- Problem with given class_path '([^']+)':\s*(.*)", line)
+        if m:
+            class_path = m.group(1)
+            keys.append("init_args")
+            if m.group(2):
+                detail = m.group(2)
+                break
+            continue
+        if line.startswith(("Does not validate", "Subtypes:", "Errors:", "Given value")):
+            continue
+        if re.fullmatch(r"- Expected a <class 'NoneType'>.*", line):
+            continue
+        detail = line.lstrip("- ")
+        break
+    detail = detail or (lines[0] if lines else message)
+    if keys and keys[0] == "config":
+        m = re.search(r"File does not exist: '?([^']+)'?", detail)
+        return f"config file not found: {m.group(1)}" if m else f"config file: {detail}"
+    m = re.fullmatch(r"Option '([^']+)' is not accepted", detail)
+    if m:
+        keys.append(m.group(1))
+        detail = "unknown key" + (f" (not an argument of {class_path})" if class_path else "")
+    m = re.fullmatch(r"Group '([^']+)' does not accept option '([^']+)'", detail)
+    if m:
+        keys, detail = [m.group(1), m.group(2)], "unknown key"
+    m = re.fullmatch(r"unrecognized arguments: (.+)", detail)
+    if m:
+        return f"unknown key(s) on the command line: {m.group(1)}"
+    if class_path and ("has no attribute" in detail or "No module named" in detail):
+        keys = [k for k in keys if k != "init_args"] + ["class_path"]
+        detail = f"cannot import {class_path!r}: {detail}"
+    key = ".".join(k for i, k in enumerate(keys) if not (k == "init_args" and i + 1 == len(keys)))
+    return f"{key}: {detail}" if key else detail
+
+
+def _run_extra_command(name: str, argv: list[str]) -> None:
+    module_name = EXTRA_COMMANDS[name][0]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name is not None and module_name.startswith(e.name):
+            sys.stderr.write(f"ring_lightning: the '{name}' command is not available in this installation "
+                             f"({module_name} is missing).\n")
+            sys.exit(2)
+        raise
+    code = module.main(argv)
+    if code:
+        sys.exit(code)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of `python -m ring_lightning` and the `ring-lightning` script."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    if args and args[0] in EXTRA_COMMANDS:
+        _run_extra_command(args[0], args[1:])
+        return
+    # Class paths resolve from the current directory, as with `python -m` (the console script
+    # would otherwise put only its bin/ directory on sys.path).
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    saved_argv = sys.argv
+    sys.argv = [saved_argv[0] if saved_argv else "ring_lightning", *args]  # what LightningCLI parses
+    try:
+        RingLightningCLI()
+    except ConfigError as e:
+        if os.environ.get(DEBUG_ENV):
+            raise
+        sys.stderr.write(f"ring_lightning: config error: {e} (see --help; {DEBUG_ENV}=1 shows the traceback)\n")
+        sys.exit(2)
+    finally:
+        sys.argv = saved_argv

@@ -1,0 +1,163 @@
+"""The real entry point, `python -m ring_lightning`, in subprocesses run from the repository root.
+
+Each launch imports torch + lightning (seconds), so launches that only parse run concurrently and
+assertions are grouped per launch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ring_lightning import cli
+
+REPO = Path(__file__).resolve().parents[2]
+QUICKSTART = REPO / "configs" / "quickstart" / "sft.yaml"
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1",
+       "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+ENV.pop("RING_LIGHTNING_DEBUG", None)
+
+
+def launch(*commands: list[str], timeout: float = 600) -> list[subprocess.CompletedProcess]:
+    """Run `python -m ring_lightning ARGS` for each ARGS concurrently (cwd = repo root)."""
+    procs = [subprocess.Popen([sys.executable, "-m", "ring_lightning", *args], cwd=REPO, env=ENV,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for args in commands]
+    results = []
+    for args, proc in zip(commands, procs):
+        out, err = proc.communicate(timeout=timeout)
+        results.append(subprocess.CompletedProcess(args, proc.returncode, out, err))
+    return results
+
+
+def test_help_lists_subcommands_and_options():
+    top, fit, model = launch(["--help"], ["fit", "--help"],
+                             ["fit", "--model.help", "ring_lightning.modules.sft.SFTModule"])
+    assert top.returncode == 0, top.stderr
+    for word in ("fit", "validate", "test", "predict", "prepare", "pipeline"):
+        assert word in top.stdout
+    assert fit.returncode == 0, fit.stderr
+    for option in ("--trainer.max_steps", "--trainer.callbacks", "--model", "--data", "--print_config"):
+        assert option in fit.stdout
+    assert model.returncode == 0, model.stderr
+    # the SFTModule constructor is the schema: its Args docstring becomes the help
+    assert "--model.lr" in model.stdout and "peak learning rate" in model.stdout
+    assert "--model.mixed_precision" in model.stdout
+
+
+def test_config_files_compose_and_dotted_overrides_win(tmp_path):
+    base = tmp_path / "base.yaml"
+    base.write_text(QUICKSTART.read_text())
+    override = tmp_path / "override.yaml"
+    override.write_text(yaml.safe_dump({
+        "model": {"init_args": {"lr": 0.5, "weight_decay": 0.05}},
+        "data": {"init_args": {"micro_batch_tokens": 512, "tokenizer": None}},
+        "trainer": {"max_steps": 99},
+    }))
+    (result,) = launch(["fit", "-c", str(base), "-c", str(override), "--model.init_args.lr=0.125",
+                        "--trainer.max_steps=7", "--print_config"])
+    assert result.returncode == 0, result.stderr
+    config = yaml.safe_load(result.stdout)
+    assert config["model"]["class_path"] == "ring_lightning.modules.sft.SFTModule"
+    assert config["model"]["init_args"]["lr"] == 0.125  # command line beats both files
+    assert config["model"]["init_args"]["weight_decay"] == 0.05  # second file beats first
+    assert config["model"]["init_args"]["model"] == "bailing-tiny"  # first file kept where not overridden
+    assert config["data"]["init_args"]["micro_batch_tokens"] == 512
+    assert config["trainer"]["max_steps"] == 7
+    assert config["trainer"]["accelerator"] == "cpu"
+
+
+def test_config_errors_print_one_line_naming_the_key_or_file(tmp_path):
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("data:\n  init_args:\n    micro_batch_tokenz: 3\n")
+    runs = launch(
+        ["fit", "-c", str(QUICKSTART), "--model.init_args.learning_rate=0.1"],
+        ["fit", "-c", str(QUICKSTART), "--trainer.max_steps=many"],
+        ["fit", "-c", str(tmp_path / "missing.yaml")],
+        ["fit", "-c", str(QUICKSTART), "-c", str(bad_yaml)],
+        ["fit", "-c", str(QUICKSTART), "--model.init_args.model=no-such-preset"],
+    )
+    expected = [
+        "model.init_args.learning_rate: unknown key",
+        "trainer.max_steps: Expected a <class 'int'>. Got value: many",
+        f"config file not found: {tmp_path / 'missing.yaml'}",
+        "data.init_args.micro_batch_tokenz: unknown key",
+        "model 'no-such-preset' is neither a preset",
+    ]
+    for run, needle in zip(runs, expected):
+        assert run.returncode == 2, (run.args, run.stderr[-2000:])
+        lines = [line for line in run.stderr.splitlines() if line.strip()]
+        errors = [line for line in lines if line.startswith("ring_lightning: config error:")]
+        assert len(errors) == 1 and needle in errors[0], (run.args, run.stderr[-2000:])
+        assert "Traceback" not in run.stderr and "usage:" not in run.stderr
+
+
+def test_fit_runs_with_overrides_and_a_repo_root_callback(tmp_path):
+    summary = tmp_path / "throughput.json"
+    (run,) = launch([
+        "fit", "-c", str(QUICKSTART),
+        "--trainer.max_steps=2", "--trainer.val_check_interval=2", "--trainer.limit_val_batches=1",
+        "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
+        "--trainer.enable_progress_bar=false",
+        "--model.init_args.lr=0.01",
+        "--data.init_args.micro_batch_tokens=256", "--data.init_args.synthetic_train_rows=64",
+        "--data.init_args.synthetic_val_rows=4", "--data.init_args.shuffle_buffer=0",
+        "--trainer.callbacks+=callbacks.throughput.ThroughputLogger",
+        "--trainer.callbacks.init_args.output", str(summary),
+    ])
+    assert run.returncode == 0, run.stderr[-4000:]
+    # the repo-root plug-in ran: one summary line per training micro-batch
+    stats = json.loads(summary.read_text())
+    assert stats["batches"] == 2 and stats["tokens"] > 0 and stats["tokens_per_s"] > 0
+    log_dir = tmp_path / "runs" / "quickstart_sft" / "version_0"
+    saved = yaml.safe_load((log_dir / "config.yaml").read_text())
+    assert saved["trainer"]["max_steps"] == 2
+    assert saved["model"]["init_args"]["lr"] == 0.01 and saved["data"]["init_args"]["micro_batch_tokens"] == 256
+    assert yaml.safe_load((log_dir / "hparams.yaml").read_text())["lr"] == 0.01  # the module got it
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(log_dir))
+    events.Reload()
+    scalars = events.Tags()["scalars"]
+    assert [e.step for e in events.Scalars("train/loss")] == [0, 1]
+    assert [e.value for e in events.Scalars("train/lr")][0] == pytest.approx(0.01)
+    assert "throughput/tokens_per_s" in scalars and "val/loss" in scalars
+
+
+def test_extra_commands_dispatch_before_lightning(monkeypatch, capsys):
+    seen = {}
+    fake = types.ModuleType("fake_prepare")
+    fake.main = lambda argv: seen.setdefault("argv", argv) and 0
+    monkeypatch.setitem(sys.modules, "fake_prepare", fake)
+    monkeypatch.setitem(cli.EXTRA_COMMANDS, "prepare", ("fake_prepare", "help"))
+    cli.main(["prepare", "--input", "x.jsonl"])
+    assert seen["argv"] == ["--input", "x.jsonl"]
+
+    fake.main = lambda argv: 3
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["prepare"])
+    assert exit_info.value.code == 3
+
+    monkeypatch.setitem(cli.EXTRA_COMMANDS, "pipeline", ("ring_lightning.no_such_module", "help"))
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["pipeline", "--help"])
+    assert exit_info.value.code == 2
+    assert "the 'pipeline' command is not available" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("message, expected", [
+    ('Parser key "model":\n  Does not validate against any of the Union subtypes\n  Errors:\n'
+     "    - Problem with given class_path 'a.B':\n        Parser key \"lr\":\n"
+     "          Expected a <class 'float'>. Got value: x\n    - Expected a <class 'NoneType'>",
+     "model.init_args.lr: Expected a <class 'float'>. Got value: x"),
+    ("Group 'trainer' does not accept option 'max_stepz'", "trainer.max_stepz: unknown key"),
+    ('Parser key "config": File does not exist: \'/x.yaml\'', "config file not found: /x.yaml"),
+])
+def test_concise_error_extracts_key_and_problem(message, expected):
+    assert cli.concise_error(message) == expected

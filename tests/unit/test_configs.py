@@ -1,0 +1,85 @@
+"""Every YAML under configs/ parses through the parser of the command that runs it.
+
+Lightning configs (top-level keys among trainer/model/data/...) go through the real CLI,
+`python -m ring_lightning fit -c FILE --print_config` (in process): types are checked and every
+class_path is imported, but nothing is instantiated, so GPU / vLLM configs are parsed without being
+run. Any other YAML must be accepted by the parser of one of the extra commands (`prepare`,
+`pipeline`: their `build_parser()`). Configs added later are picked up by the glob.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import io
+from argparse import ArgumentError
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ring_lightning import cli
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIGS = sorted(p for p in (REPO / "configs").rglob("*") if p.suffix in (".yaml", ".yml"))
+LIGHTNING_KEYS = {"seed_everything", "trainer", "model", "data", "ckpt_path", "weights_only", "optimizer",
+                  "lr_scheduler"}
+
+
+def print_config(path: Path) -> dict:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as exit_info:
+        cli.main(["fit", "-c", str(path), "--print_config"])
+    assert exit_info.value.code in (0, None), f"{path} did not parse"
+    return yaml.safe_load(out.getvalue())
+
+
+def test_there_are_configs():
+    names = {str(p.relative_to(REPO)) for p in CONFIGS}
+    assert {"configs/quickstart/sft.yaml", "configs/ring_lite_2507/sft.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(REPO)))
+def test_config_parses(path, monkeypatch):
+    monkeypatch.chdir(REPO)  # relative paths and repo-root class paths, as when run from the root
+    raw = yaml.safe_load(path.read_text()) or {}
+    if set(raw) <= LIGHTNING_KEYS:
+        config = print_config(path)
+        for section in ("model", "data"):
+            if section in raw:
+                assert config[section]["class_path"] == raw[section]["class_path"]
+        return
+    errors = []
+    for name, (module_name, _) in cli.EXTRA_COMMANDS.items():
+        parser = importlib.import_module(module_name).build_parser()
+        try:
+            with contextlib.redirect_stderr(io.StringIO()):
+                parser.parse_args(["-c", str(path)])
+            return
+        except (ArgumentError, SystemExit) as e:
+            errors.append(f"{name}: {e}")
+    pytest.fail(f"{path.relative_to(REPO)} is not a Lightning fit config and no extra command parses it:\n"
+                + "\n".join(errors))
+
+
+def test_quickstart_sft_is_a_tiny_cpu_run_on_synthetic_data(monkeypatch):
+    monkeypatch.chdir(REPO)
+    config = print_config(REPO / "configs" / "quickstart" / "sft.yaml")
+    assert config["trainer"]["accelerator"] == "cpu" and config["trainer"]["max_steps"] <= 500
+    assert config["model"]["init_args"]["model"] == "bailing-tiny"
+    data = config["data"]["init_args"]
+    assert data["train"][0].startswith("synthetic:") and data["val"][0].startswith("synthetic:")
+
+
+def test_ring_lite_2507_sft_has_the_reported_hyper_parameters(monkeypatch):
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("BASE_MODEL", "/ckpt/Ling-lite-1.5")
+    config = print_config(REPO / "configs" / "ring_lite_2507" / "sft.yaml")
+    model, data, trainer = config["model"]["init_args"], config["data"]["init_args"], config["trainer"]
+    assert (model["lr"], model["weight_decay"], model["warmup_ratio"]) == (3e-4, 0.1, 0.01)
+    assert model["mixed_precision"] == "bf16" and model["activation_checkpointing"]
+    assert data["micro_batch_tokens"] == 32768 and data["tokenizer"] == model["model"] == "/ckpt/Ling-lite-1.5"
+    assert trainer["strategy"]["class_path"] == "lightning.pytorch.strategies.ModelParallelStrategy"
+    strategy = trainer["strategy"]["init_args"]
+    assert strategy["data_parallel_size"] == trainer["devices"] * trainer["num_nodes"]
+    assert strategy["tensor_parallel_size"] == 1
