@@ -300,8 +300,13 @@ class CodeReward:
         ok, why = judge.verdict()
         if ok and res.returncode != 0:
             ok, why = False, f"harness exited with status {res.returncode}"
+        # RLIMIT_CPU kills the program inside the namespace; the launcher then exits 1, so the only
+        # trace is a run that never finished and lasted at least the CPU limit.
+        cpu_killed = not judge.ended and res.wall_s >= cpu
         if not ok and res.timed_out:
             why = f"time limit of the run ({wall:.0f} s) exceeded; {why}"
+        elif not ok and cpu_killed:
+            why = f"time limit of the run (CPU {cpu:.0f} s) reached; {why}"
         elif not ok and res.output_truncated:
             why = f"output limit exceeded; {why}"
         info = {"language": lang.name, "tests": tests["type"], "passed": ok, "isolation": res.isolation,

@@ -1,0 +1,207 @@
+"""C3POModule in real Lightning fits on CPU with a tiny Qwen3-MoE policy and a fake rollout engine
+(a test double for the engine seam; the real vLLM engine and reward router run in
+tests/integration/test_rl_fit.py)."""
+
+import json
+import random
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+
+from ring_lightning.data.prompt_stream import PromptSource
+from ring_lightning.data.rollouts import RolloutDataModule
+from ring_lightning.modules.c3po import C3POModule
+from ring_lightning.rewards.base import RewardResult
+from ring_lightning.rollout.engine import Completion
+
+PRESET = "bailing-tiny"
+
+
+def checksum(named) -> float:
+    return float(sum(t.detach().double().sum() * (k + 1) for k, (_, t) in enumerate(named)))
+
+
+class RecordingEngine:
+    """Deterministic completions; records the weight version / checksum it generated with."""
+
+    def __init__(self) -> None:
+        self.version, self.weights = 0, None
+        self.generated: list[tuple[int, float]] = []
+
+    def generate(self, prompts, n, sampling):
+        self.generated.append((self.version, self.weights))
+        out = []
+        for p in prompts:
+            group = []
+            for j in range(n):
+                rng = random.Random(f"{sampling.seed}-{p}-{j}")
+                toks = tuple(rng.randint(3, 200) for _ in range(rng.randint(4, 14)))
+                group.append(Completion(toks, tuple(-5.0 for _ in toks), " ".join(map(str, toks)), "stop"))
+            out.append(group)
+        return out
+
+    def update_weights(self, named_tensors):
+        self.weights = checksum(list(named_tensors))
+        self.version += 1
+
+    def sleep(self): ...
+    def wake(self): ...
+    def close(self): ...
+
+
+class ParityReward:
+    def __call__(self, rows, texts):
+        return [RewardResult(float(sum(map(int, t.split())) % 2 == 0)) for t in texts]
+
+
+class Record(Callback):
+    def __init__(self) -> None:
+        self.metrics, self.after_step = [], []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.metrics.append({k: float(v) for k, v in trainer.callback_metrics.items()})
+        self.after_step.append(checksum(pl_module.policy.named_parameters()))
+
+
+def make_dm(engine=None, L_=4, K=4, **kw):
+    return RolloutDataModule(sources={"arith": PromptSource(task="arithmetic_steps", size=64)},
+                             engine=engine or RecordingEngine(), reward=ParityReward(),
+                             prompts_per_step=L_, samples_per_prompt=K, max_response_tokens=14, **kw)
+
+
+def fit(module, dm, steps=2, callbacks=(), **trainer_kw):
+    trainer = L.Trainer(max_steps=steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=1,
+                        callbacks=list(callbacks), **trainer_kw)
+    trainer.fit(module, dm)
+    return trainer
+
+
+def test_exactly_phi_loss_tokens_every_step_and_on_policy_rollouts():
+    engine, rec = RecordingEngine(), Record()
+    module = C3POModule(model=PRESET, token_budget=96, micro_batch_tokens=160, lr=1e-3, parity=False)
+    initial = checksum(module.policy.named_parameters()) if module.policy is not None else None
+    fit(module, make_dm(engine), steps=3, callbacks=[rec])
+    assert [m["train/loss_tokens"] for m in rec.metrics] == [96.0] * 3
+    assert all(m["budget/loss_tokens"] == 96.0 and m["train/budget"] == 96.0 for m in rec.metrics)
+    for key in ("reward/mean", "reward/math/mean", "reward/math/accuracy", "rollout/response_length_mean",
+                "rollout/response_length_max", "budget/responses_used", "budget/responses_truncated",
+                "budget/responses_dropped", "train/entropy", "train/kl_ref", "train/clip_low_frac",
+                "train/clip_high_frac", "train/grad_norm", "rollout/train_infer_kl", "time/rollout",
+                "time/reward", "time/train", "time/sync", "throughput/generated_tokens_per_s",
+                "throughput/trained_tokens_per_s", "train/router_load_balance"):
+        assert key in rec.metrics[-1], key
+    # on-policy: step t (1-based) samples with the weights after update t-1; the first sync is at bind
+    assert initial is None
+    assert [v for v, _ in engine.generated] == [1, 2, 3]
+    assert engine.generated[1][1] == pytest.approx(rec.after_step[0], rel=0, abs=0)
+    assert engine.generated[2][1] == pytest.approx(rec.after_step[1], rel=0, abs=0)
+    assert engine.generated[0][1] != engine.generated[1][1]  # the update did change the weights
+    assert module.rl_tokens_trained == 3 * 96 and module.engine_weight_version == 3
+    # the reference model is frozen and outside the checkpointed state
+    assert all(not p.requires_grad for p in module._ref[0].parameters())
+    assert not any(k.startswith("_ref") for k in module.state_dict())
+
+
+class Float64C3PO(C3POModule):
+    def configure_model(self):
+        super().configure_model()
+        self.policy.double()
+        for ref in self._ref:
+            ref.double()
+
+
+def _one_step_params(micro_batch_tokens, aux_coef=0.0, z_coef=1e-3):
+    sgd = lambda params: torch.optim.SGD(params, lr=1.0)  # noqa: E731  the update is -grad
+    module = Float64C3PO(model=PRESET, token_budget=120, micro_batch_tokens=micro_batch_tokens, optimizer=sgd,
+                         grad_clip=None, kl_coef=1e-2, router_aux_loss_coef=aux_coef, router_z_loss_coef=z_coef,
+                         parity=False)
+    rec = Record()
+    fit(module, make_dm(), steps=1, callbacks=[rec])
+    return torch.cat([p.detach().flatten() for p in module.policy.parameters()]), rec.metrics[-1]
+
+
+def test_micro_batching_gives_the_single_batch_gradient_in_float64():
+    one, m1 = _one_step_params(None)
+    many, m2 = _one_step_params(120)
+    assert m1["train/micro_batches"] == 1 and m2["train/micro_batches"] >= 2
+    assert m1["train/loss_tokens"] == m2["train/loss_tokens"] == 120
+    assert one.dtype == torch.float64
+    init = Float64C3PO(model=PRESET, parity=False)
+    init.configure_model()
+    start = torch.cat([p.detach().flatten() for p in init.policy.parameters()])
+    update = (one - start).abs().max()
+    # float64 everywhere except BailingMoe's fp32 routing weights, whose rounding depends on the
+    # padded batch shape (~1e-8 relative); a wrong per-micro-batch normaliser is off by O(1)
+    assert update > 1e-3
+    assert (one - many).abs().max() <= 1e-6 * update, float((one - many).abs().max() / update)
+
+
+def test_grpo_mode_trains_on_every_response():
+    rec = Record()
+    module = C3POModule(model=PRESET, loss_mode="grpo", kl_coef=0.0, clip_eps_high=0.28, tis_cap=2.0, parity=False)
+    fit(module, make_dm(), steps=2, callbacks=[rec])
+    assert module._ref == []  # kl_coef == 0: no reference model
+    for m in rec.metrics:
+        assert m["train/loss_tokens"] == m["rollout/generated_tokens"] == m["train/budget"]
+        assert m["budget/responses_used"] == 16 and "train/kl_ref" not in m
+        # TIS against the engine's logprobs (the fake engine reports -5 per token; the tiny random
+        # policy gives ~-7, so the weight π_old/π_engine is ~e^-2, below the cap)
+        assert 0.0 < m["train/tis_weight_mean"] < 1.0 and m["train/tis_capped_frac"] == 0.0
+
+
+def test_checkpoint_saves_counters_stage_and_resumes(tmp_path):
+    model_dir = tmp_path / "sft"
+    policy_module = C3POModule(model=PRESET, kl_coef=0.0, parity=False)
+    policy_module.configure_model()
+    policy_module.policy.save_pretrained(model_dir)
+    policy_module.tokenizer.save_pretrained(model_dir)
+    (model_dir / "ring_lightning_meta.json").write_text(json.dumps({"sft_tokens_seen": 5000}))
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, every_n_train_steps=2)
+    sources = {"a": PromptSource(task="arithmetic_steps", size=40), "b": PromptSource(task="countdown", size=40)}
+    stages = {"reasoning": {"a": 1.0}, "general": {"b": 1.0}}
+    dm = RolloutDataModule(
+        sources=sources, stages=stages, engine=RecordingEngine(), reward=ParityReward(), prompts_per_step=4,
+        samples_per_prompt=4, max_response_tokens=14)
+    module = C3POModule(model=str(model_dir), token_budget=64, overflow="carry", parity=False)
+    assert module.sft_tokens == 5000
+
+    class SwitchStage(Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            trainer.datamodule.set_stage("general")
+
+    rec = Record()
+    trainer = L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, log_every_n_steps=1, callbacks=[ckpt, SwitchStage(), rec])
+    trainer.fit(module, dm)
+    assert rec.metrics[-1]["tokens/rl_over_sft"] == pytest.approx(128 / 5000)
+    exported = module.export_hf(tmp_path / "rl_export")  # the next stage's input
+    meta = json.loads((exported / "ring_lightning_meta.json").read_text())
+    assert meta == {"sft_tokens_seen": 5000, "rl_tokens_trained": 128,
+                    "rl_tokens_generated": module.rl_tokens_generated}
+    reloaded = C3POModule(model=str(exported), parity=False)
+    reloaded.configure_model()
+    assert reloaded.sft_tokens == 5000
+    for (name, a), (_, b) in zip(module.policy.named_parameters(), reloaded.policy.named_parameters()):
+        assert torch.equal(a, b), name
+    state = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)
+    assert state["c3po"] == {"rl_tokens_trained": 128, "rl_tokens_generated": module.rl_tokens_generated,
+                             "sft_tokens": 5000, "engine_weight_version": 2}
+    assert state["RolloutDataModule"]["stage"] == "general"
+    carried = state["RolloutDataModule"]["carried"]  # past-budget responses, with trainer π_old
+    assert carried and rec.metrics[-1]["budget/responses_carried"] == len(carried)
+    for r in carried:
+        assert r["age"] == 1 and r["old_logprobs"].shape == r["response_ids"].shape
+        assert torch.all(r["old_logprobs"] < 0) and not torch.equal(r["old_logprobs"], r["engine_logprobs"])
+    dm2 = RolloutDataModule(sources=sources, stages=stages, engine=RecordingEngine(), reward=ParityReward(),
+                            prompts_per_step=4, samples_per_prompt=4, max_response_tokens=14)
+    module2 = C3POModule(model=str(model_dir), token_budget=64, overflow="carry", parity=False)
+    rec2 = Record()
+    trainer2 = L.Trainer(max_steps=3, accelerator="cpu", logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, log_every_n_steps=1, callbacks=[rec2])
+    trainer2.fit(module2, dm2, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    assert dm2.stage == "general" and module2.rl_tokens_trained == 3 * 64
+    assert rec2.metrics[-1]["engine/weight_version"] == 3.0 and rec2.metrics[-1]["rollout/weight_version"] == 2.0
+    assert dm2.engine is None or dm2.engine.version >= 1
