@@ -4,8 +4,9 @@ Builds the model, data module (embedded vLLM engine + reward router) and trainer
 configs/quickstart/rl_reasoning.yaml exactly as `python -m ring_lightning fit` does, runs a few
 optimizer steps in each loss mode (one vLLM engine, shared by the runs), and prints per mode:
 generated and trained tokens/s, (generated + trained) tokens/s over the whole step, and the time split
-rollout / reward / train / sync, averaged over the steps after `--warmup` (the first steps pay for
-allocator and kernel warm-up). Also prints the mean reward of the first and last steps.
+rollout / reward / train / sync, as medians over the steps after `--warmup` (the first steps pay for
+allocator and kernel warm-up; medians resist load spikes on shared machines). Also prints the mean
+reward of the first and last steps.
 
     python benchmarks/bench_rl_step.py                              # random-init bailing-tiny
     python benchmarks/bench_rl_step.py --model runs/quickstart/sft_export --steps 6
@@ -76,7 +77,7 @@ def run(args, mode: str, engine):
 
 def summarize(mode: str, rows: list[dict[str, float]], warmup: int) -> dict[str, float]:
     timed = rows[warmup:] or rows
-    mean = lambda k: statistics.fmean(r[k] for r in timed)  # noqa: E731
+    mean = lambda k: statistics.median(r[k] for r in timed)  # noqa: E731  median: robust to load spikes
     gen, trained = mean("rollout/generated_tokens"), mean("train/loss_tokens")
     step = mean("time/step")
     return {"mode": mode, "steps": len(rows), "gen_tok_s": gen / mean("time/rollout"),

@@ -1,5 +1,8 @@
 """Rollout statistics of one RL step, reduced over data-parallel ranks.
 
+Ring-lite (arXiv 2506.14731, §3.2 and its RL training curves) follows reward, response length and
+the token budget per step; per-domain reward/accuracy, drop/carry counts and timings are ours.
+
 Each rank counts local *sums* and *maxima* under a fixed set of keys (every domain of
 `data/prompts.DOMAINS` is always present), so all ranks run the same two all-reduces whatever data
 they drew — a rank that drew no code prompt must not skip a collective. `finalize` turns the global
