@@ -173,8 +173,8 @@ class _Judge:
             i = ev["case"]
             if not 0 <= i < len(self.expected):
                 self._fail(f"unknown case {i}")
-            elif ev.get("timeout"):
-                self._fail(f"case {i}: time limit exceeded")
+            elif ev.get("timeout") or ev.get("exit") == -24:  # -24: SIGXCPU, the case hit its RLIMIT_CPU
+                self._fail(f"case {i}: time limit exceeded (exit status {ev.get('exit')})")
             elif ev.get("over"):
                 self._fail(f"case {i}: output limit exceeded")
             elif ev.get("exit") != 0:
