@@ -11,12 +11,15 @@ Schema (DESIGN.md)::
      "meta": {...}}
 
 A row with an unknown domain or a missing field for its domain is an error at load time that names
-the file and the row (`PromptRowError`).
+the file and the row (`PromptRowError`). `load_prompts(..., skip_bad_rows=True)` skips such rows
+instead (invalid JSON lines and duplicate ids too), logs each one with its file and row, and
+reports them in `skipped`; a file whose every row is bad is still an error.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +30,9 @@ DOMAINS = ("math", "science", "code", "logic", "instruction", "general")
 REQUIRED_FIELD = {"math": "answer", "science": "answer", "logic": "answer", "code": "tests",
                   "instruction": "instructions", "general": None}
 ROLES = ("system", "user", "assistant", "tool")
+log = logging.getLogger(__name__)
+BAD_ROW_HINT = ("fix or remove the row, or drop malformed rows with `python -m ring_lightning prepare` "
+                "(on_malformed: drop)")
 
 
 class PromptRowError(ValueError):
@@ -119,7 +125,10 @@ def parse_row(raw: Mapping[str, Any], where: str) -> PromptRow:
     instructions = raw.get("instructions")
     if instructions is not None:
         if isinstance(instructions, str):
-            instructions = json.loads(instructions)
+            try:
+                instructions = json.loads(instructions)
+            except json.JSONDecodeError as e:
+                raise fail(f"'instructions' is not valid JSON: {e}") from None
         if not isinstance(instructions, (list, tuple)) or not all(
             isinstance(i, Mapping) and isinstance(i.get("id"), str) for i in instructions
         ):
@@ -127,8 +136,15 @@ def parse_row(raw: Mapping[str, Any], where: str) -> PromptRow:
         instructions = tuple({"id": i["id"], "kwargs": dict(i.get("kwargs") or {})} for i in instructions)
     meta = raw.get("meta") or {}
     if isinstance(meta, str):
-        meta = json.loads(meta)
+        try:
+            meta = json.loads(meta)
+        except json.JSONDecodeError as e:
+            raise fail(f"'meta' is not valid JSON: {e}") from None
+    if not isinstance(meta, Mapping):
+        raise fail(f"'meta' must be an object, got {type(meta).__name__}")
     reward = raw.get("reward")
+    if reward is not None and not isinstance(reward, str):
+        raise fail(f"'reward' must be a reward name (string), got {reward!r}")
     return PromptRow(id=str(row_id), domain=domain, messages=tuple(messages), answer=answer,
                      tests=dict(tests) if tests is not None else None, instructions=instructions,
                      reward=reward if reward else None, meta=dict(meta))
@@ -136,22 +152,40 @@ def parse_row(raw: Mapping[str, Any], where: str) -> PromptRow:
 
 def iter_raw_rows(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield (row index, raw dict) from a .jsonl/.json/.parquet file or a local `datasets` directory."""
+    for i, raw in _iter_raw(path):
+        if isinstance(raw, PromptRowError):
+            raise raw
+        yield i, raw
+
+
+def _iter_raw(path: str | Path) -> Iterator[tuple[int, dict[str, Any] | PromptRowError]]:
+    """Like `iter_raw_rows`, but an invalid JSON line is yielded as its `PromptRowError` (reading goes on)."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"prompt file not found: {path}")
+        raise FileNotFoundError(f"prompt file not found: {path}; check the path (relative paths are relative to "
+                                "the working directory)")
     if path.is_dir():
         import datasets
 
-        ds = datasets.load_from_disk(str(path))
+        try:
+            ds = datasets.load_from_disk(str(path))
+        except FileNotFoundError as e:
+            raise PromptRowError(f"{path}: a directory, but not one written by `datasets` save_to_disk ({e}); "
+                                 "pass a .jsonl / .parquet file or a save_to_disk directory") from None
         if isinstance(ds, datasets.DatasetDict):
             ds = ds["train"] if "train" in ds else next(iter(ds.values()))
         for i, row in enumerate(ds):
             yield i, row
     elif path.suffix == ".parquet":
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
+        try:
+            parquet = pq.ParquetFile(path)
+        except pa.ArrowException as e:
+            raise PromptRowError(f"{path}: not a readable Parquet file ({e}); re-write it or convert it to JSONL") from None
         i = 0
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=4096):
+        for batch in parquet.iter_batches(batch_size=4096):
             for row in batch.to_pylist():
                 yield i, row
                 i += 1
@@ -161,18 +195,50 @@ def iter_raw_rows(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
                 if not line.strip():
                     continue
                 try:
-                    yield i, json.loads(line)
+                    raw = json.loads(line)
                 except json.JSONDecodeError as e:
-                    raise PromptRowError(f"{path} row {i}: invalid JSON ({e})") from None
+                    raw = PromptRowError(f"{path} row {i}: invalid JSON ({e})")
+                yield i, raw
     else:
         raise ValueError(f"{path}: unsupported prompt file type {path.suffix!r} (use .jsonl, .parquet or a datasets dir)")
 
 
-def load_prompts(path: str | Path) -> list[PromptRow]:
-    """Load and validate every row of a prompt file; the first bad row raises `PromptRowError`."""
-    rows = [parse_row(raw, f"{path} row {i}") for i, raw in iter_raw_rows(path)]
-    ids = [r.id for r in rows]
-    if len(set(ids)) != len(ids):
-        dup = next(x for x in ids if ids.count(x) > 1)
-        raise PromptRowError(f"{path}: duplicate id {dup!r}")
+def load_prompts(path: str | Path, *, skip_bad_rows: bool = False,
+                 skipped: list[str] | None = None) -> list[PromptRow]:
+    """Load and validate every row of a prompt file (rows are numbered from 0, blank lines counted).
+
+    Args:
+        path: a .jsonl / .json / .parquet file or a `datasets` save_to_disk directory.
+        skip_bad_rows: skip malformed rows (schema errors, invalid JSON lines, repeated ids) instead of
+            raising on the first; each is logged as a warning naming the file and row.
+        skipped: if given, the error message of every skipped row is appended to it.
+
+    Raises:
+        PromptRowError: the first bad row (without `skip_bad_rows`), or every row bad (with it).
+    """
+    rows: list[PromptRow] = []
+    errors: list[str] = []
+    first_at: dict[str, int] = {}
+    for i, raw in _iter_raw(path):
+        try:
+            if isinstance(raw, PromptRowError):
+                raise raw
+            row = parse_row(raw, f"{path} row {i}")
+            if row.id in first_at:
+                raise PromptRowError(f"{path} row {i}: duplicate id {row.id!r} (first at row {first_at[row.id]}); "
+                                     "ids must be unique within a file")
+        except PromptRowError as e:
+            if not skip_bad_rows:
+                raise PromptRowError(f"{e}; {BAD_ROW_HINT}") from None
+            errors.append(str(e))
+            log.warning("skipped malformed prompt row: %s", e)
+            continue
+        first_at[row.id] = i
+        rows.append(row)
+    if errors:
+        if skipped is not None:
+            skipped.extend(errors)
+        if not rows:
+            raise PromptRowError(f"{path}: every row is malformed ({len(errors)} skipped); first: {errors[0]}")
+        log.warning("%s: skipped %d malformed prompt rows (skip_bad_rows=True), kept %d", path, len(errors), len(rows))
     return rows

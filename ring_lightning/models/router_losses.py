@@ -16,6 +16,9 @@ Conventions (ours, stated because papers and libraries differ):
 - z-loss, per layer: mean over tokens of `logsumexp(router_logits)^2`; layers averaged.
 - Router logits follow the HF layout: a tuple with one [B*T, E] tensor per MoE layer. A `token_mask`
   [B, T] (1 = real token) excludes padding from both losses and from expert-load counts.
+- Precision: softmax, counts and masks are computed in float32, or in float64 for float64 logits
+  (`promote_types(logits.dtype, float32)`); every tensor is created with that explicit dtype, so the
+  functions also work under torch's default dtype float64 (Lightning `precision="64-true"`).
 
 Use from a LightningModule:
     out = model(input_ids, ..., output_router_logits=True)
@@ -67,10 +70,16 @@ def top_k(model: nn.Module) -> int:
     raise ValueError(f"{type(model).__name__}'s config has none of {_TOP_K_FIELDS}; cannot tell the router top-k")
 
 
-def _flat_mask(token_mask: torch.Tensor | None, n_tokens: int, device: torch.device) -> torch.Tensor | None:
+def _compute_dtype(logits: torch.Tensor) -> torch.dtype:
+    """float32 for 16/32-bit router logits, float64 for float64 ones."""
+    return torch.promote_types(logits.dtype, torch.float32)
+
+
+def _flat_mask(token_mask: torch.Tensor | None, n_tokens: int, device: torch.device,
+               dtype: torch.dtype = torch.float32) -> torch.Tensor | None:
     if token_mask is None:
         return None
-    mask = token_mask.reshape(-1).to(device=device, dtype=torch.float32)  # [B*T]
+    mask = token_mask.reshape(-1).to(device=device, dtype=dtype)  # [B*T]
     if mask.numel() != n_tokens:
         raise ValueError(f"token_mask has {mask.numel()} entries but router logits have {n_tokens} rows; "
                          "pass the [B, T] mask of the same batch (1 = real token)")
@@ -83,12 +92,13 @@ def load_balance_loss(router_logits: Sequence[torch.Tensor], top_k: int,
     losses = []
     for logits in router_logits:
         n, e = logits.shape
-        probs = torch.softmax(logits.float(), dim=-1)  # [N, E]
+        dt = _compute_dtype(logits)
+        probs = torch.softmax(logits.to(dt), dim=-1)  # [N, E]
         chosen = torch.topk(probs, top_k, dim=-1).indices  # [N, K]
-        mask = _flat_mask(token_mask, n, logits.device)
-        weight = torch.ones(n, device=logits.device) if mask is None else mask  # [N]
+        mask = _flat_mask(token_mask, n, logits.device, dt)
+        weight = torch.ones(n, device=logits.device, dtype=dt) if mask is None else mask  # [N]
         total = weight.sum().clamp_min(1.0)
-        counts = torch.zeros(e, device=logits.device).scatter_add_(
+        counts = torch.zeros(e, device=logits.device, dtype=dt).scatter_add_(
             0, chosen.reshape(-1), weight.repeat_interleave(top_k))  # [E]
         frac_tokens = counts / (total * top_k)  # [E], sums to 1
         mean_prob = (probs * weight[:, None]).sum(0) / total  # [E]
@@ -100,8 +110,9 @@ def router_z_loss(router_logits: Sequence[torch.Tensor], token_mask: torch.Tenso
     """ST-MoE router z-loss `mean_tokens(logsumexp(logits)^2)`, averaged over layers."""
     losses = []
     for logits in router_logits:
-        z = torch.logsumexp(logits.float(), dim=-1).square()  # [N]
-        mask = _flat_mask(token_mask, logits.shape[0], logits.device)
+        dt = _compute_dtype(logits)
+        z = torch.logsumexp(logits.to(dt), dim=-1).square()  # [N]
+        mask = _flat_mask(token_mask, logits.shape[0], logits.device, dt)
         losses.append(z.mean() if mask is None else (z * mask).sum() / mask.sum().clamp_min(1.0))
     return torch.stack(losses).mean()
 
@@ -109,15 +120,19 @@ def router_z_loss(router_logits: Sequence[torch.Tensor], token_mask: torch.Tenso
 @torch.no_grad()
 def expert_load(router_logits: Sequence[torch.Tensor], top_k: int,
                 token_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Tokens routed to each expert, per MoE layer: [L, E] (float; padding excluded by `token_mask`)."""
+    """Tokens routed to each expert, per MoE layer: [L, E] (padding excluded by `token_mask`).
+
+    Counted in float32 (exact up to 2^24 tokens per expert), or float64 for float64 logits; never in
+    torch's default dtype."""
     rows = []
     for logits in router_logits:
         n, e = logits.shape
-        chosen = torch.topk(logits.float(), top_k, dim=-1).indices  # [N, K] (softmax keeps the order)
-        mask = _flat_mask(token_mask, n, logits.device)
-        weight = torch.ones(n, device=logits.device) if mask is None else mask
-        rows.append(torch.zeros(e, device=logits.device).scatter_add_(
-            0, chosen.reshape(-1), weight.repeat_interleave(top_k)))
+        dt = _compute_dtype(logits)
+        chosen = torch.topk(logits.to(dt), top_k, dim=-1).indices  # [N, K] (softmax keeps the order)
+        mask = _flat_mask(token_mask, n, logits.device, dt)
+        weight = torch.ones(n, device=logits.device, dtype=dt) if mask is None else mask  # [N]
+        rows.append(torch.zeros(e, device=logits.device, dtype=dt).scatter_add_(
+            0, chosen.reshape(-1), weight.repeat_interleave(top_k)))  # [E]
     return torch.stack(rows)
 
 

@@ -31,8 +31,27 @@ class SamplingConfig:
     stop: tuple[str, ...] = ()
     seed: int | None = None
 
+    def __post_init__(self) -> None:
+        problems = [f"{name}={value!r} ({rule})" for name, value, ok, rule in (
+            ("temperature", self.temperature, self.temperature >= 0, "must be >= 0; 0 = greedy"),
+            ("top_p", self.top_p, 0 < self.top_p <= 1, "must be in (0, 1]"),
+            ("max_tokens", self.max_tokens, self.max_tokens >= 1, "must be >= 1; e.g. max_response_tokens"),
+        ) if not ok]
+        if problems:
+            raise ValueError(f"SamplingConfig: {'; '.join(problems)}")
+
 
 FinishReason = Literal["stop", "length"]
+
+
+class EngineError(RuntimeError):
+    """A rollout engine failed. The message names the engine, what failed (a start knob, a prompt,
+    the backend's own error) and what to change. The backend's exception is chained as `__cause__`."""
+
+
+class EngineStartError(EngineError, ValueError):
+    """The engine cannot start with these settings (a knob the backend rejects, a model it cannot run,
+    memory it cannot get, a missing package). Also a `ValueError`: it is a configuration problem."""
 
 
 @dataclass(frozen=True)

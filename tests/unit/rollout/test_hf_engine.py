@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ring_lightning.models.loading import load_policy
-from ring_lightning.rollout.engine import RolloutEngine, SamplingConfig
+from ring_lightning.rollout.engine import EngineError, RolloutEngine, SamplingConfig
 from ring_lightning.rollout.hf_engine import HFEngine, eos_token_ids
 from ring_lightning.rollout.parity import sequence_logprobs
 
@@ -138,3 +138,33 @@ def test_rejects_bad_arguments(policy):
         HFEngine(model, tok, max_batch_size=0)
     with pytest.raises(ValueError, match="prompt 1 is empty"):
         HFEngine(model, tok).generate([[5], []], 1, SamplingConfig(max_tokens=2))
+
+
+def test_generate_failures_are_engine_errors_naming_the_knob(policy, monkeypatch):
+    model, tok = policy
+    engine = HFEngine(model, tok, max_batch_size=4)
+
+    def fail_with(exc):
+        def generate(*args, **kwargs):
+            raise exc
+        monkeypatch.setattr(model, "generate", generate)
+
+    fail_with(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 8.00 GiB"))
+    with pytest.raises(EngineError, match=r"HFEngine.generate: out of memory on a batch of up to 4 rows x 3 prompt "
+                                          r"tokens \+ max_tokens=5 .* lower max_batch_size") as info:
+        engine.generate([[5, 6, 7], [8]], 3, SamplingConfig(max_tokens=5))
+    assert isinstance(info.value.__cause__, torch.OutOfMemoryError)
+    fail_with(RuntimeError("device-side assert"))
+    with pytest.raises(EngineError, match=r"HFEngine.generate failed on 6 rows \(max_tokens=5\): RuntimeError: "
+                                          r"device-side assert"):
+        engine.generate([[5, 6, 7], [8]], 3, SamplingConfig(max_tokens=5))
+    monkeypatch.undo()
+    assert model.training is False  # the model's mode is restored on failure too
+    assert len(engine.generate([[5]], 1, SamplingConfig(max_tokens=2))[0]) == 1
+
+
+def test_sampling_settings_are_checked_where_they_are_given():
+    with pytest.raises(ValueError, match=r"SamplingConfig: temperature=-1\.0 \(must be >= 0; 0 = greedy\); top_p=0\.0 "
+                                         r"\(must be in \(0, 1\]\); max_tokens=0 \(must be >= 1"):
+        SamplingConfig(temperature=-1.0, top_p=0.0, max_tokens=0)
+    assert SamplingConfig(temperature=0.0, top_p=1.0, max_tokens=1).temperature == 0.0

