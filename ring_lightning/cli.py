@@ -12,6 +12,15 @@ given by `class_path` + `init_args` (subclass mode), several `-c` files compose 
 and class paths resolve from the current directory (so the repo's top-level `callbacks/` plug-ins
 load when run from the repo root). A configuration error prints one line naming the key or file
 and exits with status 2; set RING_LIGHTNING_DEBUG=1 for the full traceback.
+
+Checkpoints are crash-safe by default (ring_lightning/checkpointing.py): a kill -9 during a save
+leaves the previous checkpoint loadable and never a partial file under a checkpoint name. The CLI
+adds `AtomicCheckpointIO` to `trainer.plugins` (unless a CheckpointIO is given there or to the
+strategy) and runs Lightning's `ModelCheckpoint` and `ModelParallelStrategy` as their atomic
+subclasses `AtomicModelCheckpoint` / `AtomicModelParallelStrategy` (same arguments; the saved
+config.yaml shows them). Opt out with `--atomic_checkpoints=false` (or `atomic_checkpoints: false`
+at the top of a config); to keep the substitutions but write files your own way, put your own
+CheckpointIO in `trainer.plugins`.
 """
 
 from __future__ import annotations
@@ -22,9 +31,14 @@ import re
 import sys
 from argparse import ArgumentError
 
-from lightning.pytorch import LightningDataModule, LightningModule
+from typing import Any
+
+from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.strategies import ModelParallelStrategy
 
 try:  # jsonargparse's own error type (argparse.ArgumentError subclass in recent versions)
     from jsonargparse import ArgumentError as JsonArgumentError
@@ -50,6 +64,13 @@ TRAINER_DEFAULTS = {
 }
 
 
+ATOMIC_KEY = "atomic_checkpoints"
+ATOMIC_SUBSTITUTES = {  # Lightning class -> crash-safe subclass with the same arguments
+    ModelCheckpoint: "ring_lightning.checkpointing.AtomicModelCheckpoint",
+    ModelParallelStrategy: "ring_lightning.checkpointing.AtomicModelParallelStrategy",
+}
+
+
 class ConfigError(Exception):
     """A configuration problem; its message names the key or file."""
 
@@ -71,6 +92,35 @@ class RingLightningCLI(LightningCLI):
             auto_configure_optimizers=False, args=args, run=run,
         )
 
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument(f"--{ATOMIC_KEY}", type=bool, default=True,
+                            help="crash-safe checkpoints (ring_lightning/checkpointing.py): atomic, fsync'ed "
+                                 "checkpoint files, distributed checkpoint directories and last.ckpt links")
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config.get(str(self.subcommand), self.config)
+        if not config.get(ATOMIC_KEY, True):
+            return
+        trainer = config.get("trainer")
+        if trainer is None:
+            return
+        callbacks = trainer.get("callbacks")
+        for item in callbacks if isinstance(callbacks, list) else [callbacks]:
+            _substitute(item)
+        _substitute(trainer.get("strategy"))
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        if self._get(self.config, ATOMIC_KEY, True) and "plugins" not in kwargs:
+            from ring_lightning.checkpointing import AtomicCheckpointIO
+
+            trainer = self._get(self.config_init, "trainer", default={})
+            plugins = trainer.get("plugins")
+            plugins = [] if plugins is None else list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+            strategy_io = getattr(trainer.get("strategy"), "_checkpoint_io", None)
+            if strategy_io is None and not any(isinstance(p, CheckpointIO) for p in plugins):
+                kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
+        return super().instantiate_trainer(**kwargs)
+
     def parse_arguments(self, parser, args) -> None:
         try:
             super().parse_arguments(parser, args)
@@ -85,6 +135,20 @@ class RingLightningCLI(LightningCLI):
             target = re.search(r"class_path='([^']+)'", message)
             where = f" {target.group(1)}" if target else " the configured classes"
             raise ConfigError(f"could not instantiate{where}: {concise_error(message)}") from e
+
+
+def _substitute(item: Any) -> None:
+    """Point a parsed `class_path` of a Lightning class in ATOMIC_SUBSTITUTES at its crash-safe subclass."""
+    class_path = getattr(item, "class_path", None) if item is not None and not isinstance(item, str) else None
+    if not class_path:
+        return
+    module_name, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError, ValueError):
+        return  # jsonargparse reports unknown classes itself
+    if cls in ATOMIC_SUBSTITUTES:
+        item.class_path = ATOMIC_SUBSTITUTES[cls]
 
 
 def concise_error(message: str) -> str:
@@ -150,6 +214,21 @@ def _run_extra_command(name: str, argv: list[str]) -> None:
         sys.exit(code)
 
 
+def _run_errors() -> tuple[type[BaseException], ...]:
+    """Errors of bad inputs met during a run (data rows, model paths, engine, non-finite training,
+    weight sync): their message names what and where, so the CLI prints it as one line, exit 1."""
+    from ring_lightning.data.prompts import PromptRowError
+    from ring_lightning.data.sft_rows import SFTRowError
+    from ring_lightning.models.loading import ModelLoadError
+    from ring_lightning.modules.nonfinite import NonFiniteError
+    from ring_lightning.rollout.engine import EngineError
+    from ring_lightning.rollout.parity import SyncParityError
+    from ring_lightning.rollout.weight_sync import WeightSyncError
+
+    return (PromptRowError, SFTRowError, ModelLoadError, NonFiniteError, EngineError, SyncParityError,
+            WeightSyncError)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of `python -m ring_lightning` and the `ring-lightning` script."""
     args = sys.argv[1:] if argv is None else list(argv)
@@ -169,5 +248,10 @@ def main(argv: list[str] | None = None) -> None:
             raise
         sys.stderr.write(f"ring_lightning: config error: {e} (see --help; {DEBUG_ENV}=1 shows the traceback)\n")
         sys.exit(2)
+    except _run_errors() as e:
+        if os.environ.get(DEBUG_ENV):
+            raise
+        sys.stderr.write(f"ring_lightning: error: {type(e).__name__}: {e} ({DEBUG_ENV}=1 shows the traceback)\n")
+        sys.exit(1)
     finally:
         sys.argv = saved_argv

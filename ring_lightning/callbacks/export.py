@@ -11,20 +11,24 @@ How: rebuild the LightningModule from the checkpoint's saved hyper-parameters (L
 `load_state_dict`), then write `module.export_hf(out_dir)` when the module has it, else
 `module.policy.save_pretrained` + `module.tokenizer.save_pretrained`. A distributed (FSDP2 /
 ModelParallelStrategy) checkpoint directory is first consolidated into one state dict on CPU.
-The directory is written beside the target and moved into place with `os.replace`, so a reader
-never sees a half-written export.
+`SFTModule.export_hf` (and C3POModule's) also writes `ring_lightning_meta.json` with the token
+counters restored from the checkpoint (`sft_tokens_seen`, the RL stage's token-efficiency
+denominator). The directory is written beside the target, fsync'ed and moved into place in one
+rename (an atomic exchange when an earlier export is replaced: ring_lightning/checkpointing.py), so
+a reader never sees a half-written export, and a crash leaves the previous export whole.
 """
 
 from __future__ import annotations
 
 import importlib
-import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule
+
+from ring_lightning.checkpointing import fsync_tree, publish
 
 DEFAULT_MODULE = "ring_lightning.modules.sft.SFTModule"
 
@@ -118,7 +122,6 @@ def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path,
     if not (tmp / "config.json").exists():
         raise RuntimeError(f"export of {ckpt_path} wrote no config.json in {tmp}; "
                            f"{type(module).__name__}.export_hf must call save_pretrained")
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    fsync_tree(tmp)
+    publish(tmp, out)
     return out

@@ -48,7 +48,8 @@ def parse_sft_row(raw: Any, where: str) -> list[dict[str, str]]:
     """
 
     def fail(msg: str) -> SFTRowError:
-        return SFTRowError(f"{where}: {msg}")
+        return SFTRowError(f"{where}: {msg}; fix or remove the row, or set data.init_args.skip_bad_rows: true "
+                           "to skip and count bad rows")
 
     if not isinstance(raw, Mapping):
         raise fail(f"expected an object, got {type(raw).__name__}")

@@ -20,8 +20,15 @@ KEY = "ring_lightning_rng"
 
 
 def collect_rng_states() -> dict[str, Any]:
-    """Python, NumPy, torch CPU (and CUDA when initialised) generator states."""
-    states: dict[str, Any] = {"python": random.getstate(), "numpy": np.random.get_state(),
+    """Python, NumPy, torch CPU (and CUDA when initialised) generator states.
+
+    NumPy's key array is stored as an int64 tensor: Lightning resumes with
+    `torch.load(weights_only=True)`, which refuses NumPy arrays.
+    """
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    states: dict[str, Any] = {"python": random.getstate(),
+                              "numpy": (name, torch.from_numpy(keys.astype("int64")), int(pos), int(has_gauss),
+                                        float(cached)),
                               "torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         states["torch.cuda"] = torch.cuda.get_rng_state_all()
@@ -33,7 +40,10 @@ def restore_rng_states(states: dict[str, Any] | None) -> bool:
     if not states:
         return False
     random.setstate(states["python"])
-    np.random.set_state(states["numpy"])
+    name, keys, pos, has_gauss, cached = states["numpy"]
+    if isinstance(keys, torch.Tensor):
+        keys = keys.numpy().astype("uint32")
+    np.random.set_state((name, keys, pos, has_gauss, cached))
     torch.set_rng_state(states["torch"])
     if "torch.cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["torch.cuda"])

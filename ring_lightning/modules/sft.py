@@ -20,10 +20,19 @@ the report is silent we chose:
   the meta device, `fully_shard`-ed per decoder layer then at the root, and its weights are
   broadcast from rank 0 (which builds / loads the full model on CPU), so no other rank ever holds
   the full model; with DDP or one device it is built directly.
+* non-finite steps (modules/nonfinite.py; not in the report): a step whose token-mean loss or
+  gradient norm is NaN/Inf is skipped (no update: parameters and AdamW moments unchanged, the
+  schedule still advances, its tokens not added to `sft_tokens_seen`), counted as
+  `train/nonfinite_skipped`; `max_nonfinite_steps` in a row abort with NonFiniteError.
+* exact resume: checkpoints carry the token and guard counters and the RNG states (restored when
+  training starts, after Lightning built the data iterator, as in the uninterrupted run);
+  SFTDataModule restores the data-stream position, Lightning optimizer, scheduler and loops.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -37,11 +46,15 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from ring_lightning.data.packing import IGNORE_INDEX, PackedBatch, block_diagonal_mask
 from ring_lightning.models.loading import build_config, load_policy, load_tokenizer, to_dtype
 from ring_lightning.models.router_losses import expert_load, load_imbalance, num_experts, router_aux_losses, top_k
+from ring_lightning.modules.nonfinite import NonFiniteGuard
 from ring_lightning.modules.optim import decay_groups, default_adamw, warmup_cosine
+from ring_lightning.modules.rng_state import KEY as RNG_KEY
+from ring_lightning.modules.rng_state import collect_rng_states, restore_rng_states
 from ring_lightning.modules.sharding import build_sharded_policy, gather_full_state_dict
 
 # per-step accumulator slots (summed over micro-batches, then over ranks)
 _CE, _LOSS_TOKENS, _TOKENS, _PAD, _LB, _Z = range(6)
+META_FILE = "ring_lightning_meta.json"  # token counters of an export (read by C3POModule, TokenEfficiency)
 
 
 class SFTModule(L.LightningModule):
@@ -79,6 +92,8 @@ class SFTModule(L.LightningModule):
         loss_chunk_tokens: the cross entropy upcasts logits to float32 this many positions at a time
             (recomputed in backward), so a float32 copy of all [tokens, vocab] logits never exists
             (at 32k tokens and a 126k vocabulary that copy alone would take 16 GB).
+        max_nonfinite_steps: abort (NonFiniteError) after this many optimizer steps in a row whose loss
+            or gradient norm was NaN/Inf (each is skipped: no update); 0 = no guard (NaNs are applied).
     """
 
     def __init__(
@@ -102,6 +117,7 @@ class SFTModule(L.LightningModule):
         activation_checkpointing: bool = False,
         attention_mask: Literal["position_ids", "block_diagonal"] = "position_ids",
         loss_chunk_tokens: int = 4096,
+        max_nonfinite_steps: int = 3,
     ) -> None:
         super().__init__()
         if mixed_precision not in ("none", "bf16"):
@@ -127,6 +143,8 @@ class SFTModule(L.LightningModule):
         if loss_chunk_tokens < 1:
             raise ValueError(f"loss_chunk_tokens must be >= 1, got {loss_chunk_tokens}")
         self.loss_chunk_tokens = loss_chunk_tokens
+        self.nonfinite = NonFiniteGuard(max_nonfinite_steps, where="SFTModule")
+        self._rng_to_restore: dict[str, Any] | None = None
         self.policy = None
         self.sft_tokens_seen = 0  # non-padding tokens trained on, all ranks (token efficiency denominator)
         self.sft_loss_tokens_seen = 0  # assistant (loss) tokens trained on, all ranks
@@ -221,19 +239,25 @@ class SFTModule(L.LightningModule):
         grad_norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
         if hasattr(grad_norm, "full_tensor"):
             grad_norm = grad_norm.full_tensor()
+        loss = float(totals[_CE]) / n_total
+        applied = self.nonfinite.step_ok(loss, grad_norm, step=self.global_step, device=self.device)
+        if not applied:
+            NonFiniteGuard.drop_grads(self.policy)  # AdamW skips parameters without a gradient
         now = time.perf_counter()
         elapsed, self._step_started = max(now - self._step_started, 1e-9), now
         tokens, pad = float(totals[_TOKENS]), float(totals[_PAD])
-        self.sft_tokens_seen += int(tokens)
-        self.sft_loss_tokens_seen += int(totals[_LOSS_TOKENS])
+        if applied:
+            self.sft_tokens_seen += int(tokens)
+            self.sft_loss_tokens_seen += int(totals[_LOSS_TOKENS])
         metrics = {
-            "train/loss": float(totals[_CE]) / n_total,
+            "train/loss": loss,
             "train/loss_tokens": float(totals[_LOSS_TOKENS]),
             "train/grad_norm": float(grad_norm),
             "train/lr": optimizer.param_groups[0]["lr"],
             "train/tokens_per_s": tokens / elapsed,
             "train/padding_fraction": pad / max(tokens + pad, 1.0),
             "train/sft_tokens_seen": float(self.sft_tokens_seen),
+            **self.nonfinite.metrics("train"),
         }
         if load is not None:
             metrics["train/aux/load_balance"] = float(totals[_LB]) / n_total
@@ -292,13 +316,24 @@ class SFTModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["sft_tokens_seen"] = int(self.sft_tokens_seen)
         checkpoint["sft_loss_tokens_seen"] = int(self.sft_loss_tokens_seen)
+        checkpoint["sft_nonfinite"] = self.nonfinite.state_dict()
+        checkpoint[RNG_KEY] = collect_rng_states()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.sft_tokens_seen = int(checkpoint.get("sft_tokens_seen", 0))
         self.sft_loss_tokens_seen = int(checkpoint.get("sft_loss_tokens_seen", 0))
+        self.nonfinite.load_state_dict(checkpoint.get("sft_nonfinite", {}))
+        self._rng_to_restore = checkpoint.get(RNG_KEY)
+
+    def on_train_start(self) -> None:  # after Lightning built the data iterator (it draws from torch's RNG)
+        restore_rng_states(self._rng_to_restore)
+        self._rng_to_restore = None
+        self._step_started = time.perf_counter()
 
     def export_hf(self, directory: str | Path, dtype: str | None = None) -> Path | None:
-        """Write the policy as an HF checkpoint (weights, config, tokenizer) that `load_policy` and vLLM load.
+        """Write the policy as an HF checkpoint (weights, config, tokenizer) that `load_policy` and vLLM load,
+        plus `ring_lightning_meta.json` with the SFT token counters (`sft_tokens_seen`: the token-efficiency
+        denominator C3POModule and TokenEfficiency read; `sft_loss_tokens_seen`).
 
         Collective under FSDP2 (call it on every rank); rank 0 writes. Returns the directory on the
         writing rank, None elsewhere.
@@ -324,6 +359,10 @@ class SFTModule(L.LightningModule):
             out.mkdir(parents=True, exist_ok=True)
             cpu.save_pretrained(str(out))
             self.tokenizer.save_pretrained(str(out))
+            meta = {"sft_tokens_seen": int(self.sft_tokens_seen), "sft_loss_tokens_seen": int(self.sft_loss_tokens_seen)}
+            tmp = out / f".tmp-{META_FILE}"
+            tmp.write_text(json.dumps(meta) + "\n")
+            os.replace(tmp, out / META_FILE)
         if self._trainer is not None:
             self.trainer.strategy.barrier("export_hf")
         return out

@@ -25,9 +25,9 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "HF_HUB_OF
 ENV.pop("RING_LIGHTNING_DEBUG", None)
 
 
-def launch(*commands: list[str], timeout: float = 600) -> list[subprocess.CompletedProcess]:
+def launch(*commands: list[str], timeout: float = 600, env: dict | None = None) -> list[subprocess.CompletedProcess]:
     """Run `python -m ring_lightning ARGS` for each ARGS concurrently (cwd = repo root)."""
-    procs = [subprocess.Popen([sys.executable, "-m", "ring_lightning", *args], cwd=REPO, env=ENV,
+    procs = [subprocess.Popen([sys.executable, "-m", "ring_lightning", *args], cwd=REPO, env={**ENV, **(env or {})},
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for args in commands]
     results = []
     for args, proc in zip(commands, procs):
@@ -103,26 +103,26 @@ def test_fit_runs_with_overrides_and_a_repo_root_callback(tmp_path):
     (run,) = launch([
         "fit", "-c", str(QUICKSTART),
         "--trainer.max_steps=2", "--trainer.val_check_interval=2", "--trainer.limit_val_batches=1",
-        "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
-        "--trainer.enable_progress_bar=false",
+        f"--trainer.default_root_dir={tmp_path}", "--trainer.enable_progress_bar=false",
         "--model.init_args.lr=0.01",
         "--data.init_args.micro_batch_tokens=256", "--data.init_args.synthetic_train_rows=64",
         "--data.init_args.synthetic_val_rows=4", "--data.init_args.shuffle_buffer=0",
         "--trainer.callbacks+=callbacks.throughput.ThroughputLogger",
         "--trainer.callbacks.init_args.output", str(summary),
-    ])
+    ], env={"RING_LIGHTNING_STAGE_DIR": str(tmp_path / "stage")})  # where the quickstart config puts its logs
     assert run.returncode == 0, run.stderr[-4000:]
     # the repo-root plug-in ran: one summary line per training micro-batch
     stats = json.loads(summary.read_text())
     assert stats["batches"] == 2 and stats["tokens"] > 0 and stats["tokens_per_s"] > 0
-    log_dir = tmp_path / "runs" / "quickstart_sft" / "version_0"
-    saved = yaml.safe_load((log_dir / "config.yaml").read_text())
+    (config_file,) = (tmp_path / "stage").rglob("config.yaml")  # beside the first logger's files
+    saved = yaml.safe_load(config_file.read_text())
     assert saved["trainer"]["max_steps"] == 2
     assert saved["model"]["init_args"]["lr"] == 0.01 and saved["data"]["init_args"]["micro_batch_tokens"] == 256
-    assert yaml.safe_load((log_dir / "hparams.yaml").read_text())["lr"] == 0.01  # the module got it
+    assert yaml.safe_load((config_file.parent / "hparams.yaml").read_text())["lr"] == 0.01  # the module got it
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    events = EventAccumulator(str(log_dir))
+    (event_file,) = (tmp_path / "stage").rglob("events.out.tfevents.*")
+    events = EventAccumulator(str(event_file.parent))
     events.Reload()
     scalars = events.Tags()["scalars"]
     assert [e.step for e in events.Scalars("train/loss")] == [0, 1]
@@ -161,3 +161,30 @@ def test_extra_commands_dispatch_before_lightning(monkeypatch, capsys):
 ])
 def test_concise_error_extracts_key_and_problem(message, expected):
     assert cli.concise_error(message) == expected
+
+
+def test_fit_writes_checkpoints_atomically_by_default(monkeypatch):
+    from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from ring_lightning.checkpointing import AtomicCheckpointIO, AtomicModelCheckpoint, AtomicModelParallelStrategy
+
+    monkeypatch.chdir(REPO)
+    base = ["-c", str(QUICKSTART), "--trainer.logger=false"]
+
+    def trainer(*extra: str):
+        return cli.RingLightningCLI(args=[*base, *extra], run=False).trainer
+
+    default = trainer("--trainer.strategy=lightning.pytorch.strategies.ModelParallelStrategy",
+                      "--trainer.strategy.save_distributed_checkpoint=true")
+    assert type(default.strategy) is AtomicModelParallelStrategy
+    assert type(default.strategy.checkpoint_io) is AtomicCheckpointIO
+    assert [type(c) for c in default.callbacks if isinstance(c, ModelCheckpoint)] == [AtomicModelCheckpoint]
+    # a CheckpointIO of the user's own is kept (the callback stays the crash-safe one)
+    own = trainer("--trainer.plugins=lightning.fabric.plugins.io.TorchCheckpointIO")
+    assert type(own.strategy.checkpoint_io) is TorchCheckpointIO
+    assert [type(c) for c in own.callbacks if isinstance(c, ModelCheckpoint)] == [AtomicModelCheckpoint]
+    # opting out gives Lightning's own classes
+    plain = trainer("--atomic_checkpoints=false")
+    assert type(plain.strategy.checkpoint_io) is TorchCheckpointIO
+    assert [type(c) for c in plain.callbacks if isinstance(c, ModelCheckpoint)] == [ModelCheckpoint]

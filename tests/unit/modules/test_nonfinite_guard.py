@@ -57,3 +57,21 @@ def test_state_round_trip():
     h = NonFiniteGuard()
     h.load_state_dict(g.state_dict())
     assert (h.skipped_total, h.consecutive) == (1, 1)
+
+
+def test_rng_states_round_trip_through_a_weights_only_load(tmp_path):
+    import random
+
+    import numpy as np
+
+    from ring_lightning.modules.rng_state import collect_rng_states, restore_rng_states
+
+    torch.manual_seed(3), np.random.seed(3), random.seed(3)
+    torch.save({"rng": collect_rng_states()}, tmp_path / "s.pt")
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    states = torch.load(tmp_path / "s.pt", weights_only=True)["rng"]  # as Lightning resumes
+    torch.manual_seed(0), np.random.seed(0), random.seed(0)
+    assert restore_rng_states(states)
+    got = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(got[0], expected[0]) and np.array_equal(got[1], expected[1]) and got[2] == expected[2]
+    assert not restore_rng_states(None)
