@@ -1,15 +1,16 @@
-"""The RL data module's small interface types: the per-step request ticket the DataLoader yields, and
-the budget specification the LightningModule hands over (see data/rollouts.py and rl/budget.py;
-Ring-lite, arXiv 2506.14731, §3.2: a token budget Φ per optimizer step).
+"""The RL data module's small interface types: the per-step request ticket the DataLoader yields, the
+budget specification the LightningModule hands over, and one sampling round's result (see
+data/rollouts.py and rl/budget.py; Ring-lite, arXiv 2506.14731, §3.2: a token budget Φ per step).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 from torch.utils.data import IterableDataset
 
+from ring_lightning.rl.batch import Response
 from ring_lightning.rl.budget import FillOrder, Overflow
 
 
@@ -48,3 +49,26 @@ class BudgetSpec:
     overflow: Overflow = "drop"
     max_carry_age: int = 1
     micro_batch_tokens: int | None = None
+
+
+@dataclass
+class Sampled:
+    """One sampling round on this rank: scored responses and where they came from.
+
+    Attributes:
+        responses: the round's responses (K per prompt), with rewards and advantages.
+        version: the engine weight version that generated them.
+        n_prompts: prompts of this rank in the round.
+        errors: reward evaluations that raised.
+        t_rollout: generation seconds.
+        t_reward: reward seconds.
+        stream_state: the prompt-stream position before the round's draw.
+    """
+
+    responses: list[Response]
+    version: int
+    n_prompts: int
+    errors: int
+    t_rollout: float
+    t_reward: float
+    stream_state: dict[str, Any]

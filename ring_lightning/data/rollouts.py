@@ -32,49 +32,42 @@ Where the report is silent or ambiguous, what we chose (knobs in brackets):
   and selects again [max_refill_rounds]; still short is an error that says what to change.
 * Carry-over [BudgetSpec.overflow="carry"]: unused whole responses go first into the next step with
   their π_old logprobs computed by the trainer before this step's update (`logprob_fn`).
-* Colocation: with `max_staleness=0` the engine is put to sleep (`RolloutEngine.sleep`, a no-op
-  unless the engine enables it) after each rollout and woken for the next weight sync.
 * Stages: a stage is a named mixture of sources (`stages`) plus an optional reward override
   (`stage_rewards`); `set_stage(name)` switches at run time and the stage is checkpointed.
+* Held-out evaluation (`val_sources` / `test_sources`, `data/rollout_heldout.py`): pass@1 over n
+  samples and unbiased pass@k per domain, sampled by this engine, scored by the current stage's reward.
+* The engine, its weight version, lock and sleep state: `data/rollout_engine_slot.py`. Colocation:
+  with `max_staleness=0` the engine sleeps (a no-op unless it enables it) after each rollout.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, fields, replace
+from dataclasses import fields, replace
 from typing import Any, Literal
 
 import lightning as L
+from lightning.pytorch.utilities import rank_zero_warn
 import torch
 from torch.utils.data import DataLoader
 
 from ring_lightning.data import rollout_stats as stats
 from ring_lightning.data.prompt_stream import PromptSource, PromptStream
 from ring_lightning.data.rollout_ahead import AheadSampler
-from ring_lightning.data.rollout_spec import BudgetSpec, RequestStream, RolloutRequest
+from ring_lightning.data.rollout_engine_slot import EngineFactory, EngineSlot
+from ring_lightning.data.rollout_heldout import EvalSpec, HeldOutSets, validate_rows
+from ring_lightning.data.rollout_spec import BudgetSpec, RequestStream, RolloutRequest, Sampled
 from ring_lightning.data.scored_responses import check_completions, scored_responses
 from ring_lightning.data.prompts import PromptRow
+from ring_lightning.eval.rollout_eval import RolloutEvaluator
 from ring_lightning.rewards.base import Reward
 from ring_lightning.rl.batch import Response, RolloutBatch, build_rank_batch, carry_over, collate
 from ring_lightning.rl.budget import BudgetPlan, select_all, select_budget, split_plan
-from ring_lightning.rollout.engine import RolloutEngine, SamplingConfig
+from ring_lightning.rollout.engine import EngineError, RolloutEngine, SamplingConfig
 
-EngineFactory = Callable[[Any, Any], RolloutEngine]  # (policy, tokenizer) -> engine
 __all__ = ["BudgetSpec", "EngineFactory", "RolloutDataModule", "RolloutRequest"]
-
-
-@dataclass
-class _Sampled:
-    responses: list[Response]
-    version: int
-    n_prompts: int
-    errors: int
-    t_rollout: float
-    t_reward: float
-    stream_state: dict[str, Any]
 
 
 class RolloutDataModule(L.LightningDataModule):
@@ -102,7 +95,17 @@ class RolloutDataModule(L.LightningDataModule):
         max_refill_rounds: extra rounds allowed per step before it is an error.
         max_staleness: 0 = strictly on-policy; k >= 1 = sample up to k steps ahead in a
             background thread (see module docstring).
-        seed: seed of the prompt stream and the sampling.
+        seed: seed of the prompt stream and the sampling (also the held-out sampling seed).
+        val_sources: name -> `PromptSource` of the held-out validation set (same schema as
+            `sources`); None = no validation. Evaluated every `trainer.val_check_interval` steps during
+            `fit` (an int; with `check_val_every_n_epoch: null`) and by `validate`.
+        test_sources: name -> `PromptSource` of the held-out test set (`test`); None = none.
+        eval_samples_per_prompt: n, held-out samples per prompt (pass@1 = mean over the n).
+        eval_k: the k values of the reported unbiased pass@k (each <= eval_samples_per_prompt).
+        eval_temperature: held-out sampling temperature.
+        eval_top_p: held-out nucleus sampling mass.
+        eval_max_response_tokens: held-out maximum response length; None = max_response_tokens.
+        eval_batch_size: held-out prompts per validation / test step on each rank.
     """
 
     def __init__(
@@ -125,6 +128,14 @@ class RolloutDataModule(L.LightningDataModule):
         max_refill_rounds: int = 4,
         max_staleness: int = 0,
         seed: int = 0,
+        val_sources: dict[str, PromptSource] | None = None,
+        test_sources: dict[str, PromptSource] | None = None,
+        eval_samples_per_prompt: int = 4,
+        eval_k: Sequence[int] = (1, 4),
+        eval_temperature: float = 1.0,
+        eval_top_p: float = 1.0,
+        eval_max_response_tokens: int | None = None,
+        eval_batch_size: int = 16,
     ) -> None:
         super().__init__()
         if prompts_per_step < 1 or samples_per_prompt < 1:
@@ -135,7 +146,7 @@ class RolloutDataModule(L.LightningDataModule):
         self.sources = {k: (v if isinstance(v, PromptSource) else PromptSource(**v)) for k, v in sources.items()}
         self.stages = stages or {"default": dict.fromkeys(self.sources, 1.0)}
         self.initial_stage = stage or next(iter(self.stages))
-        self.engine_factory = engine
+        self.slot = EngineSlot(engine)
         self.reward = reward
         self.stage_rewards = dict(stage_rewards or {})
         self.prompts_per_step, self.samples_per_prompt = prompts_per_step, samples_per_prompt
@@ -145,42 +156,71 @@ class RolloutDataModule(L.LightningDataModule):
         self.refill_prompts = refill_prompts or prompts_per_step
         self.max_refill_rounds, self.max_staleness, self.seed = max_refill_rounds, max_staleness, seed
         self.stream: PromptStream | None = None
-        self.engine: RolloutEngine | None = None
-        self.weight_version = 0
         self._pending_state: dict[str, Any] | None = None
         self._carried: tuple[Response, ...] = ()
         self._tokens: dict[tuple[str, str], torch.Tensor] = {}
         self._groups = 0
-        self._lock = threading.Lock()  # engine + stream
+        self._lock = self.slot.lock  # engine + stream
         self._ahead: AheadSampler | None = None  # max_staleness >= 1
         self._bound = False
-        self._owns_engine = False
+        self.heldout = HeldOutSets({"val": val_sources, "test": test_sources}, EvalSpec(
+            samples_per_prompt=eval_samples_per_prompt, k=tuple(int(k) for k in eval_k),
+            temperature=eval_temperature, top_p=eval_top_p, batch_size=eval_batch_size, seed=seed,
+            max_tokens=eval_max_response_tokens if eval_max_response_tokens is not None else max_response_tokens))
 
     # ------------------------------------------------------------------ data
     def setup(self, stage: str | None = None) -> None:
-        """Load and validate every source (rows the reward router cannot score fail here)."""
-        if self.stream is not None:
+        """Load and validate the sources `stage` needs (rows the reward router cannot score fail here):
+        training sources + val set for "fit" (or None), the val set for "validate", the test set for
+        "test" (and for None)."""
+        if stage in (None, "fit", "validate"):
+            self.heldout.load("val", self.eval_reward(), self.stage)
+        if stage in (None, "test"):
+            self.heldout.load("test", self.eval_reward(), self.stage)
+        if self.stream is not None or stage not in (None, "fit"):
             return
         rows = {name: src.load(name) for name, src in self.sources.items()}
         for sname, mix in self.stages.items():
             router = self.stage_rewards.get(sname, self.reward)
-            validate = getattr(router, "validate", None)
-            if validate is None:
-                continue
             for src in (k for k, w in mix.items() if w > 0 and k in rows):
-                where = self.sources[src].path or f"built-in task {self.sources[src].task!r}"
-                for i, row in enumerate(rows[src]):
-                    validate(row, f"{where} row {i} (source {src!r}, stage {sname!r})")
+                validate_rows(rows[src], self.sources[src], src, f"stage {sname!r}", router)
         unknown = sorted(set(self.stage_rewards) - set(self.stages))
         if unknown:
             raise ValueError(f"stage_rewards names unknown stages {unknown}; stages: {sorted(self.stages)}")
         self.stream = PromptStream(rows, self.stages, self.initial_stage, seed=self.seed)
+        train = [r for rs in rows.values() for r in rs]
+        for split in ("val", "test"):
+            if shared := self.heldout.overlap(split, train):
+                rank_zero_warn(f"{len(shared)} of the {len(self.heldout.rows[split])} {split}_sources prompts are also "
+                               f"training prompts (e.g. {shared[:3]}): they are not held out; change the held-out "
+                               "sources (other files, or built-in task settings that produce other prompts)")
         if self._pending_state is not None:
             self.load_state_dict(self._pending_state)
 
     def train_dataloader(self) -> DataLoader:
         """One `RolloutRequest` per optimizer step (infinite; bound the run with max_steps)."""
         return DataLoader(RequestStream(), batch_size=None, num_workers=0)
+
+    def val_dataloader(self) -> DataLoader | list:
+        """Batches of held-out `val_sources` rows ([] = no validation when none are configured)."""
+        return self._eval_loader("val")
+
+    def test_dataloader(self) -> DataLoader | list:
+        """Batches of held-out `test_sources` rows."""
+        return self._eval_loader("test")
+
+    def _eval_loader(self, split: str) -> DataLoader | list:
+        self.heldout.load(split, self.eval_reward(), self.stage)
+        fn = self.trainer.state.fn if self.trainer is not None else None
+        return self.heldout.dataloader(split, None if fn is None else str(fn.value))
+
+    def make_evaluator(self) -> RolloutEvaluator:
+        """A fresh `RolloutEvaluator` with the `eval_*` settings (one per validation / test epoch)."""
+        return self.heldout.evaluator()
+
+    def eval_reward(self) -> Reward | None:
+        """The reward that scores held-out samples: the current stage's (as in training)."""
+        return self.stage_rewards.get(self.stage, self.reward)
 
     def set_stage(self, name: str) -> None:
         """Switch the prompt mixture and reward (e.g. from a stage-transition callback)."""
@@ -192,7 +232,23 @@ class RolloutDataModule(L.LightningDataModule):
 
     @property
     def stage(self) -> str:
-        return self.stream.stage if self.stream is not None else self.initial_stage
+        if self.stream is not None:
+            return self.stream.stage
+        return (self._pending_state or {}).get("stage", self.initial_stage)
+
+    @property
+    def bound(self) -> bool:
+        """An engine is built and attached to a policy (`bind`)."""
+        return self._bound and self.slot.engine is not None
+
+    @property
+    def engine(self) -> RolloutEngine | None:
+        return self.slot.engine
+
+    @property
+    def weight_version(self) -> int:
+        """The optimizer step whose weights the engine holds."""
+        return self.slot.version
 
     # ---------------------------------------------------------------- engine
     def bind(self, policy: Any, tokenizer: Any, budget: BudgetSpec, *, rank: int = 0, world_size: int = 1,
@@ -214,8 +270,6 @@ class RolloutDataModule(L.LightningDataModule):
                 called on every rank, possibly with an empty list).
             device: device of the collective tensors (the policy's device).
         """
-        if self.stream is None:
-            self.setup("fit")
         if self.prompts_per_step % world_size or self.refill_prompts % world_size:
             raise ValueError(f"prompts_per_step={self.prompts_per_step} and refill_prompts="
                              f"{self.refill_prompts} must be divisible by the {world_size} data-parallel ranks")
@@ -227,38 +281,33 @@ class RolloutDataModule(L.LightningDataModule):
         self.tokenizer, self.budget, self.rank, self.world_size = tokenizer, budget, rank, world_size
         self.logprob_fn, self.device = logprob_fn, device
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        if self.engine is None:
-            if self.engine_factory is None:
-                raise ValueError("RolloutDataModule needs an `engine` (class_path of a RolloutEngine, e.g. "
-                                 "ring_lightning.rollout.vllm_engine.VLLMEngine)")
-            f = self.engine_factory
-            self._owns_engine = not isinstance(f, RolloutEngine)
-            self.engine = f(policy, tokenizer) if self._owns_engine else f
-            if self._owns_engine:
-                weights = None  # an engine built from `policy` already holds its weights
+        if self.slot.build(policy, tokenizer):
+            weights = None  # an engine built from `policy` already holds its weights
         if weights is not None:
-            self.sync_weights(weights, version)
-        self.weight_version = version
+            self.slot.sync(weights, version)
+        self.slot.version = version
         self._bound = True
 
     def sync_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> None:
         """Load new policy weights into the engine (waits for an in-flight background generation)."""
-        with self._lock:
-            self.engine.wake()  # no-op unless the engine sleeps between rollouts
-            self.engine.update_weights(named_tensors)
-            self.weight_version = version
+        self.slot.sync(named_tensors, version)
+
+    def keep_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> bool:
+        """The policy did not change (a skipped optimizer step): no weight transfer unless the engine's
+        sleep discarded its weights (`EngineSlot.keep`). Returns whether it synced."""
+        return self.slot.keep(named_tensors)
 
     @contextmanager
     def exclusive_engine(self) -> Iterator[RolloutEngine]:
-        """The engine, for direct use (e.g. a parity probe) while no background generation runs."""
-        with self._lock:
-            yield self.engine
+        """The (awake) engine, for direct use (a parity probe, held-out evaluation) while no background
+        generation runs."""
+        with self.slot.exclusive() as engine:
+            yield engine
 
     def teardown(self, stage: str | None = None) -> None:
         self._stop_worker()
-        if self.engine is not None and self._owns_engine:
-            self.engine.close()  # an engine handed in as an instance belongs to the caller
-        self.engine, self._bound = None, False
+        self.slot.close()
+        self._bound = False
 
     # -------------------------------------------------------------- sampling
     def _prompt_tokens(self, row: PromptRow) -> torch.Tensor:
@@ -276,7 +325,7 @@ class RolloutDataModule(L.LightningDataModule):
     def _reward_fn(self) -> Reward:
         return self.stage_rewards.get(self.stream.stage, self.reward)
 
-    def _sample(self, n_global: int, on_draw: Callable[[dict[str, Any]], None] | None = None) -> _Sampled:
+    def _sample(self, n_global: int, on_draw: Callable[[dict[str, Any]], None] | None = None) -> Sampled:
         """Draw `n_global` prompts from the stream, keep this rank's slice, generate K each, score.
 
         `on_draw` receives the stream position before the draw (see `AheadSampler`)."""
@@ -290,7 +339,12 @@ class RolloutDataModule(L.LightningDataModule):
             prompts = [self._prompt_tokens(r) for r in rows]
             sampling = replace(self.sampling, seed=(self.seed * 1_000_003 + self.stream.draws * 131 + self.rank) % 2**31)
             version, t0 = self.weight_version, time.perf_counter()
-            comps = self.engine.generate([p.tolist() for p in prompts], self.samples_per_prompt, sampling)
+            self.slot.wake()
+            try:
+                comps = self.engine.generate([p.tolist() for p in prompts], self.samples_per_prompt, sampling)
+            except EngineError as e:
+                raise EngineError(f"{type(self.engine).__name__} failed while sampling the rollouts of RL step "
+                                  f"{version + 1} (stage {self.stream.stage!r}): {e}") from e
             t1 = time.perf_counter()
             reward, first_group = self._reward_fn(), self._groups
             self._groups += len(rows)
@@ -300,10 +354,10 @@ class RolloutDataModule(L.LightningDataModule):
         errors = sum(1 for r in results if r.info.get("reward_error"))
         responses = scored_responses(rows, prompts, comps, results, first_group, scale=self.advantage_scale,
                                      baseline=self.advantage_baseline)
-        return _Sampled(responses, version, len(rows), errors, t1 - t0, t2 - t1, state)
+        return Sampled(responses, version, len(rows), errors, t1 - t0, t2 - t1, state)
 
     # ------------------------------------------------------------ background
-    def _next_sampled(self) -> _Sampled:
+    def _next_sampled(self) -> Sampled:
         if not self.max_staleness:
             return self._sample(self.prompts_per_step)
         if self._ahead is None:
@@ -321,7 +375,9 @@ class RolloutDataModule(L.LightningDataModule):
         """Sample, score and budget one optimizer step's data for this rank (collective)."""
         if not self._bound:
             raise RuntimeError("RolloutDataModule.next_rollout before bind(): the LightningModule must "
-                               "hand over its policy (C3POModule does this in on_fit_start)")
+                               "hand over its policy (C3POModule does this in on_train_start)")
+        if self.stream is None:
+            self.setup("fit")
         sums, maxes = stats.empty_stats()
         carried, fresh, rounds = list(self._carried), [], 0
         sampled = [self._next_sampled()]
@@ -360,8 +416,7 @@ class RolloutDataModule(L.LightningDataModule):
         pad = tuple(collate(responses, [], step_plan.normalizer, step_plan.loss_agg, self.pad_id)
                     for _ in range(n_micro - len(batch.micro_batches)))
         if not self.max_staleness:  # free the engine's accelerator memory while the trainer runs
-            with self._lock:
-                self.engine.sleep()
+            self.slot.sleep()
         sums, maxes = stats.all_reduce_stats(sums, maxes, self.device)
         metrics = stats.finalize(sums, maxes)
         metrics["rollout/weight_version"] = float(min(s.version for s in sampled))

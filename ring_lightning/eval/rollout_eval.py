@@ -11,22 +11,25 @@ LightningModule uses in `validation_step` / `test_step` (so `python -m ring_ligh
 * `RolloutEvaluator`: samples n responses per row with the rollout engine, scores them with the
   training reward (router) and updates torchmetrics `PassAtK` metrics — one over all problems and
   one per domain (all of `data/prompts.DOMAINS`, so every rank holds the same metric set and the
-  sum reduction lines up). `results(prefix)` syncs, returns `{prefix}/pass@k` and
-  `{prefix}/<domain>/pass@k`, and resets.
+  sum reduction lines up), plus sample-weighted means of the raw reward and the response length.
+  `results(prefix)` syncs, returns `{prefix}/pass@k`, `{prefix}/<domain>/pass@k`,
+  `{prefix}/reward_mean` and `{prefix}/response_length_mean`, and resets.
 
 Choices: the sampling seed of a batch is `seed + batch_index * 7919 + rank` (fixed across
 evaluations: the same noise for every checkpoint); the engine samples at `temperature`/`top_p`
-(Ring-lite evaluates at temperature 1.0, top-p 0.95 — set them here).
+(the report does not pin them down for every benchmark: set your evaluation protocol's values).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, IterableDataset
+from torchmetrics import MeanMetric
 
 from ring_lightning.data.prompts import DOMAINS, PromptRow
 from ring_lightning.eval.passk import EvalCounts, PassAtK, evaluate_rollouts
@@ -114,23 +117,36 @@ class RolloutEvaluator(torch.nn.Module):
         self.metrics = torch.nn.ModuleDict({"all": PassAtK(k)})
         for d in DOMAINS:
             self.metrics[d] = PassAtK(k, allow_empty=True)
+        self.means = torch.nn.ModuleDict({"reward_mean": MeanMetric(), "response_length_mean": MeanMetric()})
 
     def step(self, engine: RolloutEngine, tokenizer, rows: EvalBatch | Sequence[PromptRow], reward: Reward,
              batch_idx: int = 0, rank: int = 0) -> EvalCounts:
         """Evaluate one batch of rows and update the metrics (call from validation_step / test_step)."""
         rows = list(rows)
         sampling = replace(self.sampling, seed=(self.seed + batch_idx * 7919 + rank) % 2**31)
-        return evaluate_rollouts(engine, tokenizer, rows, reward, self.samples_per_prompt, sampling,
-                                 correct_threshold=self.correct_threshold, metrics=dict(self.metrics.items()))
+        counts = evaluate_rollouts(engine, tokenizer, rows, reward, self.samples_per_prompt, sampling,
+                                   correct_threshold=self.correct_threshold, metrics=dict(self.metrics.items()))
+        n = float(counts.num_samples.sum())
+        self.means["reward_mean"].update(counts.mean_reward, weight=n)
+        self.means["response_length_mean"].update(counts.mean_response_tokens, weight=n)
+        return counts
 
     def results(self, prefix: str = "val") -> dict[str, float]:
-        """Synced metrics `{prefix}/pass@k`, `{prefix}/problems`, `{prefix}/<domain>/pass@k`; resets."""
+        """Synced metrics `{prefix}/pass@k`, `{prefix}/problems`, `{prefix}/<domain>/pass@k`,
+        `{prefix}/reward_mean`, `{prefix}/response_length_mean`; resets."""
         out: dict[str, float] = {}
-        for key, metric in self.metrics.items():
-            values = metric.compute()
-            metric.reset()
-            if float(values["problems"]) == 0:
-                continue
-            base = prefix if key == "all" else f"{prefix}/{key}"
-            out.update({f"{base}/{name}": float(v) for name, v in values.items()})
+        with warnings.catch_warnings():  # a domain without problems on this rank was never updated
+            warnings.filterwarnings("ignore", message=r"The ``compute`` method of metric")
+            for key, metric in self.metrics.items():
+                values = metric.compute()
+                metric.reset()
+                if float(values["problems"]) == 0:
+                    continue
+                base = prefix if key == "all" else f"{prefix}/{key}"
+                out.update({f"{base}/{name}": float(v) for name, v in values.items()})
+            if out:
+                for key, metric in self.means.items():
+                    out[f"{prefix}/{key}"] = float(metric.compute())
+            for metric in self.means.values():
+                metric.reset()
         return out

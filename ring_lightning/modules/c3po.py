@@ -36,6 +36,17 @@ One Lightning batch is one optimizer step (manual optimisation):
 6. Weight sync into the engine (`engine.update_weights(policy.named_parameters())`; the vLLM engine
    gathers FSDP2 shards one decoder layer at a time, `rollout/weight_sync.py`) and, on the probe's
    schedule, the engine-vs-trainer logprob parity check (`rollout/parity.py`).
+7. Non-finite guard (`modules/nonfinite.py`): a step with a NaN/Inf loss or gradient norm on any rank
+   drops its gradients before `opt.step()` (parameters and AdamW moments unchanged, the LR schedule
+   advances), is counted (`train/nonfinite_skipped`) and leaves the engine's weights alone;
+   `max_nonfinite_steps` such steps in a row abort.
+8. Held-out evaluation (`validate` / `test`, and every `val_check_interval` steps of `fit`): the data
+   module's `val_sources` / `test_sources`, sampled by the engine and scored by the training reward
+   (`eval/rollout_eval.py`): `val/pass@1` (mean over n samples), `val/pass@k`, `val/<domain>/pass@1`.
+   The engine is first synced when its weight version is not ours or a checkpoint was loaded since
+   (`validate --ckpt_path` restores weights after the engine may exist).
+9. Exact resume: checkpoints also hold the RNG states (restored just before the first resumed step)
+   and the guard's counters; the data module's state holds stream position, stage, carried responses.
 
 Choices where the report is silent: trainer logprobs / entropy are of the untempered policy (what
 the engine reports in `Completion.logprobs`; Ring-lite samples at temperature 1); AdamW betas
@@ -45,8 +56,6 @@ plain GRPO baseline (all responses, per-sequence token mean, mean over sequences
 
 from __future__ import annotations
 
-import json
-import math
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -58,15 +67,17 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from ring_lightning.data.rollout_stats import all_reduce_max_int
 from ring_lightning.data.rollouts import BudgetSpec, RolloutDataModule
+from ring_lightning.eval.rollout_eval import EvalBatch, RolloutEvaluator
 from ring_lightning.models.loading import build_config, load_policy, load_tokenizer, to_dtype
 from ring_lightning.models.router_losses import num_experts, router_aux_losses
 from ring_lightning.modules import c3po_steps as steps
+from ring_lightning.modules.c3po_export import export_policy, read_sft_tokens
+from ring_lightning.modules.nonfinite import NonFiniteGuard
 from ring_lightning.modules.optim import decay_groups, default_adamw
+from ring_lightning.modules.rng_state import KEY as RNG_KEY, collect_rng_states, restore_rng_states
 from ring_lightning.rl.budget import FillOrder, Overflow
 from ring_lightning.rl.losses import policy_loss, token_logprobs_and_entropy
 from ring_lightning.rollout.parity import SyncParityProbe
-
-META_FILE = "ring_lightning_meta.json"
 
 
 class C3POModule(L.LightningModule):
@@ -105,6 +116,8 @@ class C3POModule(L.LightningModule):
             `SyncParityProbe`, with its own schedule and thresholds); True = its defaults, False = off.
         mixed_precision: FSDP2 only: "bf16" compute with float32 master weights, or "none".
         activation_checkpointing: recompute each decoder layer in backward.
+        max_nonfinite_steps: abort (NonFiniteError) after this many optimizer steps in a row with a
+            NaN/Inf loss or gradient norm (each one is skipped); 0 = no guard.
     """
 
     def __init__(
@@ -140,6 +153,7 @@ class C3POModule(L.LightningModule):
         parity: SyncParityProbe | bool = True,
         mixed_precision: Literal["none", "bf16"] = "none",
         activation_checkpointing: bool = False,
+        max_nonfinite_steps: int = 3,
     ) -> None:
         super().__init__()
         if loss_mode not in ("c3po", "grpo"):
@@ -173,8 +187,12 @@ class C3POModule(L.LightningModule):
         self.rl_tokens_trained = 0  # loss tokens, all ranks
         self.rl_tokens_generated = 0
         self.engine_weight_version = 0  # optimizer steps whose weights the engine holds
-        self.sft_tokens = _read_sft_tokens(path)
+        self.sft_tokens = read_sft_tokens(path)
         self._bind_parity: dict[str, float] = {}
+        self.guard = NonFiniteGuard(max_nonfinite_steps, where="C3POModule")
+        self._weights_loaded = False  # a checkpoint replaced the weights since the last engine sync
+        self._pending_rng: dict[str, Any] | None = None
+        self._evaluator: list[RolloutEvaluator] = []  # a list keeps it out of the module tree
 
     # ----------------------------------------------------------------------------------- model
     def _build(self) -> torch.nn.Module:
@@ -212,18 +230,29 @@ class C3POModule(L.LightningModule):
             return dp.get_local_rank(), dp.size()
         return self.trainer.global_rank, self.trainer.world_size
 
-    def on_train_start(self) -> None:
-        """Hand the (restored, wrapped) policy to the data module: build the engine, sync weights."""
+    def _rollout_dm(self) -> RolloutDataModule:
         dm = self.trainer.datamodule
         if not isinstance(dm, RolloutDataModule):
             raise TypeError(f"C3POModule needs a RolloutDataModule as `data`, got {type(dm).__name__}")
+        return dm
+
+    def _bind(self, dm: RolloutDataModule) -> None:
+        """Hand the (restored, wrapped) policy to the data module: build the engine (once) and sync the
+        weights unless the engine already holds exactly these (same version, no checkpoint since)."""
         if self._ref:
             self._ref[0].to(self.device)
         rank, world = self._dp()
-        self.engine_weight_version = self.global_step
+        current = dm.bound and not self._weights_loaded and dm.weight_version == self.engine_weight_version
         dm.bind(self.policy, self.tokenizer, self.budget, rank=rank, world_size=world,
-                weights=steps.named_weights(self.policy), version=self.engine_weight_version,
+                weights=None if current else steps.named_weights(self.policy), version=self.engine_weight_version,
                 logprob_fn=self._carry_logprobs, device=self.device)
+        self._weights_loaded = False
+
+    def on_train_start(self) -> None:
+        """Bind the engine to the policy (see `_bind`) and check its starting weights."""
+        dm = self._rollout_dm()
+        self.engine_weight_version = self.global_step
+        self._bind(dm)
         self._bind_parity = {}
         if self.parity is not None:  # the engine's starting weights are checked too (logged at step 1)
             with dm.exclusive_engine() as engine:
@@ -252,6 +281,17 @@ class C3POModule(L.LightningModule):
         lps = self._logprobs(self.policy, [mb.to(self.device) for mb in mbs])
         return steps.split_response_logprobs(mbs, lps, len(responses))
 
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # Lightning re-logs a step metric's last value at every later step of an epoch (ours is one
+        # endless epoch): hide last step's values, so a metric this step does not log (parity probe,
+        # train-vs-inference mismatch without fresh tokens) stays absent instead of repeating stale.
+        results = getattr(self.trainer, "_results", None)
+        if results is not None:
+            results.reset(metrics=False, fx="training_step")
+        if self._pending_rng is not None:  # resumed: the RNG exactly as it was after the saved step
+            restore_rng_states(self._pending_rng)
+            self._pending_rng = None
+
     def training_step(self, request, batch_idx: int) -> None:
         t0 = time.perf_counter()
         dm: RolloutDataModule = self.trainer.datamodule
@@ -265,7 +305,9 @@ class C3POModule(L.LightningModule):
         block = getattr(self.trainer.strategy, "block_backward_sync", None)
         aux_masks = [mb.attention_mask * (mb.sample_index >= 0).unsqueeze(-1).to(mb.attention_mask) for mb in mbs]
         aux_total = max(sum(int(m.sum()) for m in aux_masks), 1)
+        applied = False
         for epoch in range(self.ppo_epochs):
+            step_loss = 0.0  # this rank's summed objective (the guard's loss)
             for i, mb in enumerate(mbs):
                 last = i == len(mbs) - 1
                 with (block() if block is not None and not last else nullcontext()):
@@ -280,25 +322,34 @@ class C3POModule(L.LightningModule):
                     if aux and weight > 0:
                         loss = loss + weight * aux["loss"]
                     self.manual_backward(loss)
+                    step_loss += float(loss.detach())
                 if epoch == 0:
                     acc.add(m, aux, mb, logp.detach(), weight)
             grad_norm = steps.clip_and_norm(self.policy, self.grad_clip)
+            if self.guard.step_ok(step_loss, grad_norm, step=self.global_step, device=self.device):
+                applied = True
+            else:  # skipped: no gradient, so the optimizer leaves parameters and moments alone
+                self.guard.drop_grads(self.policy)
             opt.step()
             opt.zero_grad(set_to_none=True)
             sched.step()
         t2 = time.perf_counter()
-        self.engine_weight_version = self.global_step
-        dm.sync_weights(steps.named_weights(self.policy), self.engine_weight_version)
-        if self.parity is not None:
-            with dm.exclusive_engine() as engine:
-                acc.extra.update(self.parity.after_sync(engine, self.policy, self.global_step) or {})
+        if applied:
+            self.engine_weight_version = self.global_step
+            dm.sync_weights(steps.named_weights(self.policy), self.engine_weight_version)
+            if self.parity is not None:
+                with dm.exclusive_engine() as engine:
+                    acc.extra.update(self.parity.after_sync(engine, self.policy, self.global_step) or {})
+        else:  # the weights did not change: the engine keeps its copy
+            dm.keep_weights(steps.named_weights(self.policy))
         t3 = time.perf_counter()
         metrics = acc.finalize(self.device)
         metrics.update(rollout.metrics)
         metrics.update(self._bind_parity)
+        metrics.update(self.guard.metrics("train"))
         self._bind_parity = {}
         loss_tokens = metrics["train/loss_tokens"]
-        self.rl_tokens_trained += int(loss_tokens)
+        self.rl_tokens_trained += int(loss_tokens) if applied else 0
         self.rl_tokens_generated += int(rollout.metrics["rollout/generated_tokens"])
         gen = rollout.metrics["rollout/generated_tokens"]
         metrics.update({
@@ -332,11 +383,50 @@ class C3POModule(L.LightningModule):
             scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / w) if w else 1.0)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    # ---------------------------------------------------------------------- held-out evaluation
+    def _eval_start(self) -> None:
+        """The engine must hold this module's current weights (see module docstring, 8)."""
+        dm = self._rollout_dm()
+        if not dm.bound:
+            self._bind(dm)
+        elif self._weights_loaded or dm.weight_version != self.engine_weight_version:
+            dm.sync_weights(steps.named_weights(self.policy), self.engine_weight_version)
+            self._weights_loaded = False
+        self._evaluator = [dm.make_evaluator().to(self.device)]
+
+    def on_validation_start(self) -> None:
+        self._eval_start()
+
+    def on_test_start(self) -> None:
+        self._eval_start()
+
+    def validation_step(self, batch: EvalBatch, batch_idx: int) -> None:
+        dm = self._rollout_dm()
+        with dm.exclusive_engine() as engine:
+            self._evaluator[0].step(engine, self.tokenizer, batch, dm.eval_reward(), batch_idx=batch_idx,
+                                    rank=self._dp()[0])
+
+    def test_step(self, batch: EvalBatch, batch_idx: int) -> None:
+        self.validation_step(batch, batch_idx)
+
+    def _eval_end(self, prefix: str) -> None:
+        if self._evaluator:  # synced over ranks by the torchmetrics Metrics
+            results = self._evaluator.pop().results(prefix)
+            self.log_dict(results, batch_size=1)
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_end("test")
+
     # ---------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["c3po"] = {"rl_tokens_trained": self.rl_tokens_trained,
                               "rl_tokens_generated": self.rl_tokens_generated, "sft_tokens": self.sft_tokens,
-                              "engine_weight_version": self.engine_weight_version}
+                              "engine_weight_version": self.engine_weight_version,
+                              "nonfinite": self.guard.state_dict()}
+        checkpoint[RNG_KEY] = collect_rng_states()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("c3po", {})
@@ -344,49 +434,17 @@ class C3POModule(L.LightningModule):
         self.rl_tokens_generated = int(state.get("rl_tokens_generated", 0))
         self.sft_tokens = int(state.get("sft_tokens", self.sft_tokens))
         self.engine_weight_version = int(state.get("engine_weight_version", 0))
+        self.guard.load_state_dict(state.get("nonfinite", {}))
+        self._pending_rng = checkpoint.get(RNG_KEY)
+        self._weights_loaded = True
 
     def export_hf(self, directory: str | Path, dtype: str | None = None) -> Path | None:
-        """Write the policy as an HF checkpoint (weights, config, tokenizer) plus `ring_lightning_meta.json`
-        (SFT and RL token counts) for the next stage. Collective under FSDP2; rank 0 writes and returns
+        """Write the policy as an HF checkpoint plus `ring_lightning_meta.json` (SFT and RL token counts)
+        for the next stage (`modules/c3po_export.py`). Collective under FSDP2; rank 0 writes and returns
         the directory (None elsewhere).
 
         Args:
             directory: output directory (created).
             dtype: dtype of the saved weights; None = the parameter dtype.
         """
-        from transformers import AutoModelForCausalLM
-
-        from ring_lightning.modules.sharding import gather_full_state_dict
-
-        if self.policy is None:
-            raise RuntimeError("export_hf: the policy is not built yet (configure_model has not run)")
-        state = gather_full_state_dict(self.policy)
-        out = None
-        if (self.trainer.global_rank if self._trainer is not None else 0) == 0:
-            cpu = AutoModelForCausalLM.from_config(self.policy.config, dtype=to_dtype(dtype) if dtype else None)
-            cpu.load_state_dict(state, strict=True)
-            out = Path(directory)
-            out.mkdir(parents=True, exist_ok=True)
-            cpu.to(to_dtype(dtype) if dtype else cpu.dtype).save_pretrained(str(out))
-            self.tokenizer.save_pretrained(str(out))
-            (out / META_FILE).write_text(json.dumps({
-                "sft_tokens_seen": self.sft_tokens, "rl_tokens_trained": self.rl_tokens_trained,
-                "rl_tokens_generated": self.rl_tokens_generated}) + "\n")
-        if self._trainer is not None:
-            self.trainer.strategy.barrier("c3po_export_hf")
-        return out
-
-
-def _read_sft_tokens(path: Path) -> int:
-    """SFT tokens recorded by the SFT export (`ring_lightning_meta.json`), 0 when absent."""
-    meta = path / META_FILE
-    if not meta.is_file():
-        return 0
-    try:
-        data = json.loads(meta.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{meta}: invalid JSON ({e}); re-export the SFT checkpoint or delete the file") from None
-    value = data.get("sft_tokens_seen", data.get("sft_tokens", 0))
-    if not isinstance(value, (int, float)) or math.isnan(value):
-        raise ValueError(f"{meta}: 'sft_tokens_seen' must be a number, got {value!r}")
-    return int(value)
+        return export_policy(self, directory, dtype)

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
+from typing import Any
+
 import torch
 
 from ring_lightning.data.rollout_stats import all_reduce_stats

@@ -1,6 +1,7 @@
 """End to end on CPU: `python -m ring_lightning fit -c configs/quickstart/rl_reasoning.yaml` from an
-SFT export, with the real embedded vLLM engine (exact weight sync + parity probe) and the real
-reward router on the built-in verifiable tasks. Kept small (a few steps of a tiny model); the reward
+SFT export, with the real embedded vLLM engine (exact weight sync + parity probe; set on the command
+line, whatever engine the quickstart config picks) and the real reward router on the config's
+built-in verifiable tasks. Kept small (a few steps of a tiny model); the reward
 *improvement* of a longer run is measured by benchmarks/bench_rl_step.py and reported, not asserted
 here (a 2-step run cannot show it)."""
 
@@ -16,6 +17,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[2]
 PHI = 256
+VLLM_ENGINE = ("{class_path: ring_lightning.rollout.vllm_engine.VLLMEngine, init_args: {max_model_len: 512, "
+               "enforce_eager: true, cpu_kvcache_space_gib: 1, max_num_seqs: 64}}")
 
 
 @pytest.fixture(scope="module")
@@ -40,14 +43,16 @@ def test_quickstart_rl_fit_trains_exactly_phi_tokens_per_step(sft_export, tmp_pa
     cmd = [sys.executable, "-m", "ring_lightning", "fit", "-c", "configs/quickstart/rl_reasoning.yaml",
            f"--model.init_args.model={sft_export}", f"--model.init_args.token_budget={PHI}",
            "--model.init_args.micro_batch_tokens=1024", "--trainer.max_steps=3",
-           f"--trainer.logger.init_args.save_dir={tmp_path}", f"--trainer.default_root_dir={tmp_path}",
+           f"--trainer.default_root_dir={tmp_path}",
            "--trainer.callbacks.init_args.every_n_train_steps=3",
            "--data.init_args.prompts_per_step=4", "--data.init_args.samples_per_prompt=4",
-           "--data.init_args.max_response_tokens=48"]
-    env = dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="0", VLLM_CPU_KVCACHE_SPACE="1")
+           "--data.init_args.max_response_tokens=48", "--model.init_args.parity=true",
+           "--trainer.enable_progress_bar=false", f"--data.init_args.engine={VLLM_ENGINE}"]
+    env = dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="0", VLLM_CPU_KVCACHE_SPACE="1",
+               RING_LIGHTNING_STAGE_DIR=str(tmp_path))
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    rows = list(csv.DictReader(open(next(tmp_path.glob("rl_reasoning/version_*/metrics.csv")))))
+    rows = list(csv.DictReader(open(next(tmp_path.rglob("metrics.csv")))))
     steps = [r for r in rows if r.get("train/loss_tokens")]
     assert len(steps) == 3
     for r in steps:
@@ -75,8 +80,10 @@ def test_rl_configs_parse(config, capsys, monkeypatch):
     assert exit_info.value.code in (0, None)
     out = capsys.readouterr().out
     assert "ring_lightning.modules.c3po.C3POModule" in out
-    assert "ring_lightning.rollout.vllm_engine.VLLMEngine" in out
+    assert "ring_lightning.data.rollouts.RolloutDataModule" in out and "ring_lightning.rollout." in out
     if "ring_lite_2507" in config:
         for line in ("token_budget: 409600", "prompts_per_step: 512", "samples_per_prompt: 16",
-                     "lr: 3.0e-06", "max_response_tokens: 24576", "ModelParallelStrategy"):
+                     "lr: 3.0e-06", "max_response_tokens: 24576", "ModelParallelStrategy",
+                     "val_check_interval: 50", "eval_samples_per_prompt: 8", "heldout_math.jsonl",
+                     "ring_lightning.rollout.vllm_engine.VLLMEngine"):
             assert line in out, line

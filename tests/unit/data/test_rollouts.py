@@ -3,57 +3,19 @@ reward (the engine seam is a protocol; the real vLLM engine and router run in th
 
 import ast
 import operator
-import random
 import time
 from collections import Counter
 
 import pytest
 import torch
+from unit.rl_fixtures import FakeEngine, ParityReward
 
 from ring_lightning.data.prompt_stream import PromptSource, PromptStream
 from ring_lightning.data.rl_tasks import RL_TASKS, rl_task_rows
 from ring_lightning.data.rollouts import BudgetSpec, RolloutDataModule, RolloutRequest
 from ring_lightning.models.loading import load_tokenizer
-from ring_lightning.rewards.base import RewardResult
-from ring_lightning.rollout.engine import Completion
 
 TOK = load_tokenizer()
-
-
-class FakeEngine:
-    """Deterministic completions (3..12 tokens) from (seed, prompt, sample); counts weight syncs."""
-
-    def __init__(self, min_len: int = 3, max_len: int = 12) -> None:
-        self.version, self.min_len, self.max_len = 0, min_len, max_len
-        self.generated_at: list[int] = []
-
-    def generate(self, prompts, n, sampling):
-        self.generated_at.append(self.version)
-        out = []
-        for p in prompts:
-            group = []
-            for j in range(n):
-                rng = random.Random(f"{sampling.seed}-{p}-{j}")
-                toks = tuple(rng.randint(3, 200) for _ in range(rng.randint(self.min_len, self.max_len)))
-                group.append(Completion(toks, tuple(-0.5 - 0.01 * k for k in range(len(toks))),
-                                        " ".join(map(str, toks)), "stop"))
-            out.append(group)
-        return out
-
-    def update_weights(self, named_tensors):
-        list(named_tensors)
-        self.version += 1
-
-    def sleep(self): ...
-    def wake(self): ...
-    def close(self): ...
-
-
-class ParityReward:
-    """1 when the sum of the response's token ids is even."""
-
-    def __call__(self, rows, texts):
-        return [RewardResult(float(sum(map(int, t.split())) % 2 == 0)) for t in texts]
 
 
 def make_dm(phi=60, mode="c3po", overflow="drop", L=4, K=4, world=1, rank=0, logprob_fn=None, mbt=None, **kw):
@@ -265,3 +227,25 @@ def test_validation_errors_name_the_problem(tmp_path):
         dm.setup("fit")
     with pytest.raises(RuntimeError, match="before bind"):
         RolloutDataModule(sources={"a": PromptSource(task="countdown", size=5)}).next_rollout()
+
+
+def test_engine_sleeps_after_each_rollout_and_is_woken_before_any_use():
+    eng = FakeEngine()
+    dm = make_dm(engine=eng)
+    dm.next_rollout()
+    assert (eng.sleeps, eng.wakes) == (1, 0)  # strictly on-policy: asleep while the trainer runs
+    with dm.exclusive_engine() as e:  # e.g. held-out evaluation
+        assert e is eng and eng.wakes == 1
+    dm.next_rollout()  # already awake: no second wake
+    assert (eng.sleeps, eng.wakes) == (2, 1)
+    dm.next_rollout()  # asleep since the last rollout: woken before generating
+    assert (eng.sleeps, eng.wakes) == (3, 2)
+    # a skipped optimizer step: the weights did not change, so no transfer, only a wake
+    assert dm.keep_weights(iter(())) is False and eng.version == 0 and eng.wakes == 3
+    dm.next_rollout()
+    dm.sync_weights(iter(()), version=7)
+    assert eng.version == 1 and dm.weight_version == 7 and eng.wakes == 4
+    # an engine whose sleep discards its weights (vLLM sleep level 2) gets them back
+    eng.sleep_enabled, eng.sleep_level = True, 2
+    dm.next_rollout()
+    assert dm.keep_weights(iter(())) is True and eng.version == 2 and dm.weight_version == 7

@@ -3,71 +3,24 @@
 tests/integration/test_rl_fit.py)."""
 
 import json
-import random
 
 import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from unit.rl_fixtures import Float64C3PO, ListLogger, ParityReward, Record, checksum, recording_engine
 
 from ring_lightning.data.prompt_stream import PromptSource
 from ring_lightning.data.rollouts import RolloutDataModule
 from ring_lightning.modules.c3po import C3POModule
-from ring_lightning.rewards.base import RewardResult
-from ring_lightning.rollout.engine import Completion
+from ring_lightning.modules.rng_state import KEY as RNG_KEY
 
 PRESET = "bailing-tiny"
 
 
-def checksum(named) -> float:
-    return float(sum(t.detach().double().sum() * (k + 1) for k, (_, t) in enumerate(named)))
-
-
-class RecordingEngine:
-    """Deterministic completions; records the weight version / checksum it generated with."""
-
-    def __init__(self) -> None:
-        self.version, self.weights = 0, None
-        self.generated: list[tuple[int, float]] = []
-
-    def generate(self, prompts, n, sampling):
-        self.generated.append((self.version, self.weights))
-        out = []
-        for p in prompts:
-            group = []
-            for j in range(n):
-                rng = random.Random(f"{sampling.seed}-{p}-{j}")
-                toks = tuple(rng.randint(3, 200) for _ in range(rng.randint(4, 14)))
-                group.append(Completion(toks, tuple(-5.0 for _ in toks), " ".join(map(str, toks)), "stop"))
-            out.append(group)
-        return out
-
-    def update_weights(self, named_tensors):
-        self.weights = checksum(list(named_tensors))
-        self.version += 1
-
-    def sleep(self): ...
-    def wake(self): ...
-    def close(self): ...
-
-
-class ParityReward:
-    def __call__(self, rows, texts):
-        return [RewardResult(float(sum(map(int, t.split())) % 2 == 0)) for t in texts]
-
-
-class Record(Callback):
-    def __init__(self) -> None:
-        self.metrics, self.after_step = [], []
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.metrics.append({k: float(v) for k, v in trainer.callback_metrics.items()})
-        self.after_step.append(checksum(pl_module.policy.named_parameters()))
-
-
 def make_dm(engine=None, L_=4, K=4, **kw):
     return RolloutDataModule(sources={"arith": PromptSource(task="arithmetic_steps", size=64)},
-                             engine=engine or RecordingEngine(), reward=ParityReward(),
+                             engine=engine or recording_engine(), reward=ParityReward(),
                              prompts_per_step=L_, samples_per_prompt=K, max_response_tokens=14, **kw)
 
 
@@ -80,7 +33,7 @@ def fit(module, dm, steps=2, callbacks=(), **trainer_kw):
 
 
 def test_exactly_phi_loss_tokens_every_step_and_on_policy_rollouts():
-    engine, rec = RecordingEngine(), Record()
+    engine, rec = recording_engine(), Record()
     module = C3POModule(model=PRESET, token_budget=96, micro_batch_tokens=160, lr=1e-3, parity=False)
     initial = checksum(module.policy.named_parameters()) if module.policy is not None else None
     fit(module, make_dm(engine), steps=3, callbacks=[rec])
@@ -103,14 +56,6 @@ def test_exactly_phi_loss_tokens_every_step_and_on_policy_rollouts():
     # the reference model is frozen and outside the checkpointed state
     assert all(not p.requires_grad for p in module._ref[0].parameters())
     assert not any(k.startswith("_ref") for k in module.state_dict())
-
-
-class Float64C3PO(C3POModule):
-    def configure_model(self):
-        super().configure_model()
-        self.policy.double()
-        for ref in self._ref:
-            ref.double()
 
 
 def _one_step_params(micro_batch_tokens, aux_coef=0.0, z_coef=1e-3):
@@ -163,7 +108,7 @@ def test_checkpoint_saves_counters_stage_and_resumes(tmp_path):
     sources = {"a": PromptSource(task="arithmetic_steps", size=40), "b": PromptSource(task="countdown", size=40)}
     stages = {"reasoning": {"a": 1.0}, "general": {"b": 1.0}}
     dm = RolloutDataModule(
-        sources=sources, stages=stages, engine=RecordingEngine(), reward=ParityReward(), prompts_per_step=4,
+        sources=sources, stages=stages, engine=recording_engine(), reward=ParityReward(), prompts_per_step=4,
         samples_per_prompt=4, max_response_tokens=14)
     module = C3POModule(model=str(model_dir), token_budget=64, overflow="carry", parity=False)
     assert module.sft_tokens == 5000
@@ -172,11 +117,22 @@ def test_checkpoint_saves_counters_stage_and_resumes(tmp_path):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             trainer.datamodule.set_stage("general")
 
-    rec = Record()
-    trainer = L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, log_every_n_steps=1, callbacks=[ckpt, SwitchStage(), rec])
+    class RngAt(Callback):  # the torch generator right after step 2's training_step
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            nonlocal rng_after_step2
+            rng_after_step2 = torch.get_rng_state()
+
+    rng_after_step2 = None
+    rec, logged = Record(), ListLogger()
+    trainer = L.Trainer(max_steps=2, accelerator="cpu", logger=logged, enable_progress_bar=False,
+                        enable_model_summary=False, log_every_n_steps=1,
+                        callbacks=[ckpt, SwitchStage(), rec, RngAt()])
     trainer.fit(module, dm)
     assert rec.metrics[-1]["tokens/rl_over_sft"] == pytest.approx(128 / 5000)
+    # step 2 trains only carried responses: no train-vs-inference mismatch is measured, and none is logged
+    # (Lightning would repeat step 1's value unless the module hides it)
+    assert [step for step, _ in logged.rows] == [0, 1]
+    assert "rollout/train_infer_kl" in logged.rows[0][1] and "rollout/train_infer_kl" not in logged.rows[1][1]
     exported = module.export_hf(tmp_path / "rl_export")  # the next stage's input
     meta = json.loads((exported / "ring_lightning_meta.json").read_text())
     assert meta == {"sft_tokens_seen": 5000, "rl_tokens_trained": 128,
@@ -186,22 +142,33 @@ def test_checkpoint_saves_counters_stage_and_resumes(tmp_path):
     assert reloaded.sft_tokens == 5000
     for (name, a), (_, b) in zip(module.policy.named_parameters(), reloaded.policy.named_parameters()):
         assert torch.equal(a, b), name
-    state = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)
+    state = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)  # Lightning's default for ckpt_path
     assert state["c3po"] == {"rl_tokens_trained": 128, "rl_tokens_generated": module.rl_tokens_generated,
-                             "sft_tokens": 5000, "engine_weight_version": 2}
+                             "sft_tokens": 5000, "engine_weight_version": 2,
+                             "nonfinite": {"skipped_total": 0, "consecutive": 0}}
+    assert torch.equal(state[RNG_KEY]["torch"], rng_after_step2)  # the generators as after the saved step
     assert state["RolloutDataModule"]["stage"] == "general"
     carried = state["RolloutDataModule"]["carried"]  # past-budget responses, with trainer π_old
     assert carried and rec.metrics[-1]["budget/responses_carried"] == len(carried)
     for r in carried:
         assert r["age"] == 1 and r["old_logprobs"].shape == r["response_ids"].shape
         assert torch.all(r["old_logprobs"] < 0) and not torch.equal(r["old_logprobs"], r["engine_logprobs"])
-    dm2 = RolloutDataModule(sources=sources, stages=stages, engine=RecordingEngine(), reward=ParityReward(),
+    dm2 = RolloutDataModule(sources=sources, stages=stages, engine=recording_engine(), reward=ParityReward(),
                             prompts_per_step=4, samples_per_prompt=4, max_response_tokens=14)
-    module2 = C3POModule(model=str(model_dir), token_budget=64, overflow="carry", parity=False)
+
+    class RngAtStep(C3POModule):
+        def training_step(self, request, batch_idx):
+            self.rng_at_step = torch.get_rng_state()
+            return super().training_step(request, batch_idx)
+
+    module2 = RngAtStep(model=str(model_dir), token_budget=64, overflow="carry", parity=False)
+    torch.manual_seed(123)  # a resumed process starts with other generator states
     rec2 = Record()
     trainer2 = L.Trainer(max_steps=3, accelerator="cpu", logger=False, enable_progress_bar=False,
-                         enable_model_summary=False, log_every_n_steps=1, callbacks=[rec2])
+                         enable_model_summary=False, log_every_n_steps=1, callbacks=[rec2],
+                         default_root_dir=tmp_path)
     trainer2.fit(module2, dm2, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
     assert dm2.stage == "general" and module2.rl_tokens_trained == 3 * 64
+    assert torch.equal(module2.rng_at_step, rng_after_step2)  # restored just before the resumed step
     assert rec2.metrics[-1]["engine/weight_version"] == 3.0 and rec2.metrics[-1]["rollout/weight_version"] == 2.0
     assert dm2.engine is None or dm2.engine.version >= 1

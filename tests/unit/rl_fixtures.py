@@ -1,0 +1,155 @@
+"""Test doubles shared by the RL unit tests (tests/unit/modules/test_c3po*.py, tests/unit/data/test_rollouts.py):
+a deterministic fake rollout engine (and one whose samples depend on its weights), a parity reward, a metrics
+recorder, an in-memory logger and a float64 C3POModule.
+Imported as `unit.rl_fixtures` (tests/ is on sys.path through tests/conftest.py)."""
+
+from __future__ import annotations
+
+import random
+
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers.logger import Logger
+
+from ring_lightning.modules.c3po import C3POModule
+from ring_lightning.rewards.base import RewardResult
+from ring_lightning.rollout.engine import Completion
+
+
+def checksum(named) -> float:
+    """An order-sensitive checksum of named tensors (tells weight versions apart)."""
+    return float(sum(t.detach().double().sum() * (k + 1) for k, (_, t) in enumerate(named)))
+
+
+class FakeEngine:
+    """Deterministic completions from (seed, prompt, sample): `min_len..max_len` tokens in 3..200, each with
+    logprob `logprob` (None: -0.5 - 0.01·position). Records the weight version and checksum it generated with.
+
+    Args:
+        min_len: shortest completion.
+        max_len: longest completion.
+        logprob: the engine logprob of every token; None = position-dependent.
+    """
+
+    def __init__(self, min_len: int = 3, max_len: int = 12, logprob: float | None = None) -> None:
+        self.min_len, self.max_len, self.logprob = min_len, max_len, logprob
+        self.version, self.weights = 0, None
+        self.generated: list[tuple[int, float | None]] = []
+        self.sleeps = self.wakes = 0
+
+    @property
+    def generated_at(self) -> list[int]:
+        return [v for v, _ in self.generated]
+
+    def generate(self, prompts, n, sampling):
+        self.generated.append((self.version, self.weights))
+        out = []
+        for p in prompts:
+            group = []
+            for j in range(n):
+                rng = random.Random(f"{sampling.seed}-{p}-{j}")
+                toks = tuple(rng.randint(3, 200) for _ in range(rng.randint(self.min_len, self.max_len)))
+                lps = tuple(self.logprob if self.logprob is not None else -0.5 - 0.01 * k for k in range(len(toks)))
+                group.append(Completion(toks, lps, " ".join(map(str, toks)), "stop"))
+            out.append(group)
+        return out
+
+    def update_weights(self, named_tensors):
+        self.weights = checksum(list(named_tensors))
+        self.version += 1
+
+    def sleep(self):
+        self.sleeps += 1
+
+    def wake(self):
+        self.wakes += 1
+
+    def close(self): ...
+
+
+def recording_engine() -> FakeEngine:
+    """The engine of the C3POModule tests: 4..14 tokens, engine logprob -5 per token."""
+    return FakeEngine(min_len=4, max_len=14, logprob=-5.0)
+
+
+class ParityReward:
+    """1 when the sum of the response's token ids is even."""
+
+    def __call__(self, rows, texts):
+        return [RewardResult(float(sum(map(int, t.split())) % 2 == 0)) for t in texts]
+
+
+class Record(Callback):
+    """Logged metrics and the policy checksum after every training step."""
+
+    def __init__(self) -> None:
+        self.metrics, self.after_step = [], []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.metrics.append({k: float(v) for k, v in trainer.callback_metrics.items()})
+        self.after_step.append(checksum(pl_module.policy.named_parameters()))
+
+
+class WeightEngine(FakeEngine):
+    """A FakeEngine whose samples depend on the weights it holds (checksum of the policy it was built from,
+    then of every `update_weights`): pass counts tell weight versions apart. Build it with
+    `engine=WeightEngine.factory` (a `(policy, tokenizer) -> engine` callable); `built` lists every engine."""
+
+    built: list["WeightEngine"] = []
+
+    def __init__(self, policy=None) -> None:
+        super().__init__(min_len=3, max_len=10, logprob=-2.0)
+        self.weights = checksum(policy.named_parameters()) if policy is not None else None
+        self.syncs = 0
+
+    @staticmethod
+    def factory(policy, tokenizer) -> "WeightEngine":
+        engine = WeightEngine(policy)
+        WeightEngine.built.append(engine)
+        return engine
+
+    def update_weights(self, named_tensors):
+        super().update_weights(named_tensors)
+        self.syncs += 1
+
+    def generate(self, prompts, n, sampling):
+        self.generated.append((self.version, self.weights))
+        out = []
+        for p in prompts:
+            group = []
+            for j in range(n):
+                rng = random.Random(f"{sampling.seed}-{p}-{j}-{self.weights:.9e}")
+                toks = tuple(rng.randint(3, 200) for _ in range(rng.randint(self.min_len, self.max_len)))
+                group.append(Completion(toks, tuple(self.logprob for _ in toks), " ".join(map(str, toks)), "stop"))
+            out.append(group)
+        return out
+
+
+class ListLogger(Logger):
+    """Keeps what Lightning sends to loggers: `rows` of (step, {name: value})."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[tuple[int, dict[str, float]]] = []
+
+    @property
+    def name(self) -> str:
+        return "list"
+
+    @property
+    def version(self) -> int:
+        return 0
+
+    def log_hyperparams(self, params, *args, **kwargs) -> None: ...
+
+    def log_metrics(self, metrics, step=None) -> None:
+        self.rows.append((step, {k: float(v) for k, v in metrics.items()}))
+
+
+class Float64C3PO(C3POModule):
+    """C3POModule with a float64 policy and reference (exactness tests)."""
+
+    def configure_model(self):
+        super().configure_model()
+        self.policy.double()
+        for ref in self._ref:
+            ref.double()
