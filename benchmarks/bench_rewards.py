@@ -2,8 +2,9 @@
 
     python benchmarks/bench_rewards.py [--n 64] [--code-workers 0] [--skip-rm]
 
-Prints one line per reward. Workloads are small synthetic ones (half right, half wrong answers);
-figures depend on the CPU count and load. Code: stdio tasks (3 cases each) and assert tasks;
+Prints one line per reward (the `bench_*` functions also return the figures; `benchmarks/run.py`
+uses them). Workloads are small synthetic ones (half right, half wrong answers); figures depend on
+the CPU count and load. Code: stdio tasks (3 cases each) and assert tasks;
 "executions/s" counts test-case executions (stdio) and sandbox runs.
 """
 
@@ -27,28 +28,35 @@ def row(domain: str, i: int, **fields) -> PromptRow:
     return PromptRow(id=f"{domain}-{i}", domain=domain, messages=({"role": "user", "content": "q"},), **fields)
 
 
-def timed(name: str, fn, rows, responses, unit_per_sample: float = 1.0, unit: str = "") -> None:
+def timed(name: str, fn, rows, responses, unit_per_sample: float = 1.0, unit: str = "", quiet: bool = False
+          ) -> dict[str, float | str]:
+    """Score `responses` once after a 2-sample warm-up; samples/s (and `unit`/s) and the mean reward."""
     fn(rows[:2], responses[:2])  # warm-up: worker start-up, imports
     t0 = time.perf_counter()
     out = fn(rows, responses)
     dt = time.perf_counter() - t0
     mean = sum(r.reward for r in out) / len(out)
-    extra = f", {len(rows) * unit_per_sample / dt:8.1f} {unit}/s" if unit else ""
-    print(f"{name:<28} {len(rows):5d} samples in {dt:7.2f} s: {len(rows) / dt:8.1f} samples/s{extra}"
-          f"  (mean reward {mean:.2f})")
+    result = {"name": name, "samples": float(len(rows)), "seconds": dt, "samples_s": len(rows) / dt,
+              "unit": unit, "unit_s": len(rows) * unit_per_sample / dt if unit else float("nan"), "mean_reward": mean}
+    if not quiet:
+        extra = f", {result['unit_s']:8.1f} {unit}/s" if unit else ""
+        print(f"{name:<28} {len(rows):5d} samples in {dt:7.2f} s: {len(rows) / dt:8.1f} samples/s{extra}"
+              f"  (mean reward {mean:.2f})")
+    return result
 
 
-def bench_math(n: int) -> None:
+def bench_math(n: int, quiet: bool = False) -> list[dict]:
     from ring_lightning.rewards.math import MathReward
 
     reward = MathReward(num_workers=max(1, (os.cpu_count() or 2)))
     rows = [row("math", i, answer=f"\\frac{{{i}}}{{{i + 1}}}") for i in range(n)]
     responses = [f"<think>...</think> \\boxed{{{i}/{i + 1 + (i % 2)}}}" for i in range(n)]
-    timed("math (math-verify)", reward, rows, responses)
+    out = [timed("math (math-verify)", reward, rows, responses, quiet=quiet)]
     reward.close()
+    return out
 
 
-def bench_code(n: int, workers: int) -> None:
+def bench_code(n: int, workers: int, quiet: bool = False) -> list[dict]:
     from ring_lightning.rewards.code import CodeReward
 
     reward = CodeReward(max_workers=workers)
@@ -58,24 +66,28 @@ def bench_code(n: int, workers: int) -> None:
     bad = "```python\na, b = map(int, input().split())\nprint(a * b)\n```"
     responses = [good if i % 2 == 0 else bad for i in range(n)]
     # Wrong programs stop at their first failing case (early stop), right ones run all 3.
-    timed(f"code stdio x3 ({reward.sandbox.isolation})", reward, rows, responses, 2.0, "case executions")
+    out = [timed(f"code stdio x3 ({reward.sandbox.isolation})", reward, rows, responses, 2.0, "case executions",
+                 quiet=quiet)]
     asserts = {"type": "assert", "code": "assert add(1, 2) == 3\nassert add(2, 2) == 4\nassert add(0, 0) == 0\n"}
     rows = [row("code", i, tests=asserts) for i in range(n)]
     responses = ["```python\ndef add(a, b):\n    return a + b" + (" + 1" if i % 2 else "") + "\n```" for i in range(n)]
-    timed("code assert x3", reward, rows, responses, 1.0, "sandbox runs")
+    out.append(timed("code assert x3", reward, rows, responses, 1.0, "sandbox runs", quiet=quiet))
+    return out
 
 
-def bench_logic(n: int) -> None:
+def bench_logic(n: int, quiet: bool = False, tasks: tuple[str, ...] = ("countdown", "sudoku", "maze")) -> list[dict]:
     from ring_lightning.rewards.logic import LogicReward, make_logic_rows
 
     reward = LogicReward()
-    for task in ("countdown", "sudoku", "maze"):
+    out = []
+    for task in tasks:
         rows = make_logic_rows(task, n, seed=0)
         responses = [f"<answer>{r.answer}</answer>" if i % 2 == 0 else "<answer>1</answer>" for i, r in enumerate(rows)]
-        timed(f"logic {task}", reward, rows, responses)
+        out.append(timed(f"logic {task}", reward, rows, responses, quiet=quiet))
+    return out
 
 
-def bench_instruction(n: int) -> None:
+def bench_instruction(n: int, quiet: bool = False) -> list[dict]:
     from ring_lightning.rewards.instruction import InstructionReward
 
     inst = ({"id": "length_constraints:number_words", "kwargs": {"num_words": 20, "relation": "at least"}},
@@ -84,10 +96,10 @@ def bench_instruction(n: int) -> None:
     rows = [row("instruction", i, instructions=inst) for i in range(n)]
     text = "<<A title>>\n" + "this is the answer and it is written in plain english words " * 3
     responses = [text if i % 2 == 0 else text + ", with a comma" for i in range(n)]
-    timed("instruction (4 rules)", InstructionReward(), rows, responses)
+    return [timed("instruction (4 rules)", InstructionReward(), rows, responses, quiet=quiet)]
 
 
-def bench_reward_model(n: int) -> None:
+def bench_reward_model(n: int, quiet: bool = False) -> list[dict]:
     import torch
     from transformers import Qwen3Config, Qwen3ForSequenceClassification
 
@@ -105,7 +117,7 @@ def bench_reward_model(n: int) -> None:
         reward = RewardModelReward(d, batch_size=16)
         rows = [row("general", i) for i in range(n)]
         responses = ["a reasonably long open-ended answer " * 8 for _ in range(n)]
-        timed("reward model (tiny Qwen3)", reward, rows, responses)
+        return [timed("reward model (tiny Qwen3)", reward, rows, responses, quiet=quiet)]
 
 
 def main() -> None:

@@ -1,16 +1,33 @@
-"""End-to-end RL step throughput of the quickstart workload, C3PO vs GRPO.
+"""End-to-end RL step throughput: ring_lightning C3PO vs GRPO (issue 4), and vs TRL's GRPOTrainer.
 
-Builds the model, data module (embedded vLLM engine + reward router) and trainer from
-configs/quickstart/rl_reasoning.yaml exactly as `python -m ring_lightning fit` does, runs a few
-optimizer steps in each loss mode (one vLLM engine, shared by the runs), and prints per mode:
-generated and trained tokens/s, (generated + trained) tokens/s over the whole step, and the time split
-rollout / reward / train / sync, as medians over the steps after `--warmup` (the first steps pay for
-allocator and kernel warm-up; medians resist load spikes on shared machines). Also prints the mean
-reward of the first and last steps.
+ring_lightning runs are built from an RL config (default benchmarks/rl_workload.yaml: built-in
+arithmetic + countdown prompts, rule rewards, the embedded vLLM engine with CPU settings) exactly as
+`python -m ring_lightning fit` builds them, with the workload's sizes and learning knobs as overrides,
+the parity probe off (a correctness check that runs after the first syncs, then every 50 steps: not
+steady-state cost) and one embedded vLLM engine shared by all runs (`shared_engine.py`; it is
+loaded with each run's starting policy). TRL runs (`bench_trl.py`) get the same model directory,
+prompts, sizes and rewards.
 
-    python benchmarks/bench_rl_step.py                              # random-init bailing-tiny
-    python benchmarks/bench_rl_step.py --model runs/quickstart/sft_export --steps 6
-    python benchmarks/bench_rl_step.py --modes c3po --steps 40 --csv /tmp/c3po.csv   # a learning run
+Systems: `c3po` and `grpo` (the loss modes, issue 4) with the config's vLLM engine, on-policy;
+`c3po-hf` (C3PO with `HFEngine`: transformers `generate` on the trainer's own model, no weight
+transfer); `c3po-async` (C3PO with `max_staleness=1`: the next rollout overlaps this step's training,
+one step off-policy); `trl` (TRL's GRPOTrainer, skipped with a message when TRL is not installed).
+
+The systems are measured in *rounds*, alternating (c3po, grpo, ..., trl, c3po, grpo, ...), so that
+load from other processes on a shared machine hits all of them alike; each run is a fresh
+`fit` of `steps` optimizer steps from the same starting model, its first `warmup` steps are left out
+(allocator / kernel warm-up), and every figure is the median over the remaining steps of all rounds.
+Per system: generated and trained tokens per step, generation tokens/s, training tokens/s,
+end-to-end (generated + trained) tokens/s over the whole step, seconds per step and the time split
+rollout / reward / train / sync / other (other = step - the four: budget, collation, bookkeeping),
+and the CPU seconds of this process per step (`time.process_time`, from the start to the end of the
+optimizer step) with end-to-end tokens per CPU second: on a shared, oversubscribed machine wall
+times swing with other processes' load, CPU time much less (reward worker processes are not in it).
+
+    python benchmarks/bench_rl_step.py                                  # c3po, grpo (+ trl if installed)
+    python benchmarks/bench_rl_step.py --systems c3po grpo --rounds 3
+    python benchmarks/bench_rl_step.py --model runs/quickstart/sft_export --prompts 16 --samples 8 --max-tokens 160
+    python benchmarks/bench_rl_step.py --systems c3po --rounds 1 --steps 40 --csv /tmp/c3po.csv   # a learning run
 
 Numbers depend on the machine and its load; nothing here is asserted.
 """
@@ -18,109 +35,273 @@ Numbers depend on the machine and its load; nothing here is asserted.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import statistics
 import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
-SPLIT = ("time/rollout", "time/reward", "time/train", "time/sync", "time/step")
+sys.path.insert(0, str(REPO))  # `benchmarks.*` (the class_path of the shared engine) and package data
+SPLIT = ("time/rollout", "time/reward", "time/train", "time/sync")
+# ring_lightning systems: loss mode, rollout engine ("vllm": the config's engine, shared; "hf": HFEngine on
+# the trainer's own model, all L x K rows in one `generate`), on-policy (max_staleness 0) or one step ahead.
+OURS = {
+    "c3po": dict(mode="c3po", engine="vllm", staleness=0),
+    "grpo": dict(mode="grpo", engine="vllm", staleness=0),
+    "c3po-hf": dict(mode="c3po", engine="hf", staleness=0),
+    "c3po-async": dict(mode="c3po", engine="vllm", staleness=1),
+}
+SYSTEMS = (*OURS, "trl")
+DEFAULT_SYSTEMS = ("c3po", "grpo", "c3po-hf", "trl")
 
 
-def model_dir(model: str, tmp: Path) -> str:
-    """The model as an HF directory (a preset is saved once, so the engine can load it by path)."""
+@dataclass
+class RLWorkload:
+    """One RL benchmark workload (the same for every system).
+
+    Args:
+        model: preset name or HF model directory.
+        model_overrides: config overrides of a preset (e.g. head_dim for vLLM's CPU attention).
+        config: ring_lightning RL config the runs are built from.
+        prompts: L, prompts per optimizer step.
+        samples: K, samples per prompt.
+        max_tokens: maximum response tokens.
+        phi: C3PO token budget Φ per step (c3po mode).
+        micro_batch_tokens: padded tokens per micro-batch (ours and TRL's).
+        source_sizes: rows generated per built-in prompt source of the config (None = the config's);
+            small sizes only shorten each run's set-up (every row's answer is validated).
+        steps: optimizer steps per run.
+        warmup: steps of each run left out of the medians.
+        rounds: runs per system (alternating with the other systems).
+        temperature: sampling temperature.
+        lr: learning rate.
+        warmup_lr_steps: linear learning-rate warm-up steps.
+        kl_coef: β of the KL penalty (both systems then run a reference model).
+        entropy_coef: entropy bonus coefficient.
+        router_aux_loss_coef: MoE load-balance coefficient.
+        clip_eps: PPO clip ε.
+        grad_clip: gradient-norm clip.
+        extra_overrides: more `fit` arguments of the ring_lightning runs (e.g. `--trainer.accelerator=gpu`).
+    """
+
+    model: str = "qwen3-moe-tiny"
+    model_overrides: dict[str, Any] = field(default_factory=lambda: {"output_router_logits": False})
+    config: str = str(REPO / "benchmarks/rl_workload.yaml")
+    prompts: int = 8
+    samples: int = 4
+    max_tokens: int = 64
+    phi: int = 1024
+    micro_batch_tokens: int = 4096
+    source_sizes: dict[str, int] | None = None
+    steps: int = 3
+    warmup: int = 1
+    rounds: int = 3
+    temperature: float = 1.0
+    lr: float = 2e-4
+    warmup_lr_steps: int = 2
+    kl_coef: float = 1e-3
+    entropy_coef: float = 5e-4
+    router_aux_loss_coef: float = 1e-5
+    clip_eps: float = 0.2
+    grad_clip: float = 1.0
+    extra_overrides: list[str] = field(default_factory=list)
+
+
+def model_dir(model: str, tmp: Path, **overrides) -> str:
+    """The model as an HF directory (a preset is saved once, so every system loads the same weights).
+
+    `output_router_logits=False` in the saved config is what transformers' Qwen3-MoE needs inside
+    `generate` (its aux loss fails there); the trainers ask for router logits explicitly."""
     if Path(model).is_dir():
         return model
     from ring_lightning.models.loading import load_policy
 
-    policy, tok = load_policy(model, seed=0)
+    policy, tok = load_policy(model, seed=0, **overrides)
     policy.save_pretrained(tmp)
     tok.save_pretrained(tmp)
     return str(tmp)
 
 
-def build(args, mode: str):
+def build(w: RLWorkload, mode: str, model: str, engine: str = "vllm", staleness: int = 0):
+    """The ring_lightning CLI objects (trainer, model, datamodule) of one run, not started."""
     from ring_lightning.cli import RingLightningCLI
 
+    if engine == "vllm":
+        engine_arg = "--data.init_args.engine.class_path=benchmarks.shared_engine.SharedEngine"
+    elif engine == "hf":
+        engine_arg = ('--data.init_args.engine={"class_path": "ring_lightning.rollout.hf_engine.HFEngine", '
+                      f'"init_args": {{"max_batch_size": {w.prompts * w.samples}}}}}')
+    else:
+        raise ValueError(f"unknown engine {engine!r}; expected 'vllm' or 'hf'")
+    sizes = [f"--data.init_args.sources.{k}.size={v}" for k, v in (w.source_sizes or {}).items()]
     overrides = [
-        "-c", str(REPO / "configs/quickstart/rl_reasoning.yaml"),
-        f"--model.init_args.model={args.model}", f"--model.init_args.loss_mode={mode}",
-        f"--model.init_args.token_budget={args.phi}", f"--trainer.max_steps={args.steps}",
-        "--trainer.logger=false", "--trainer.callbacks=[]", "--trainer.enable_checkpointing=false",
-        f"--data.init_args.prompts_per_step={args.prompts}", f"--data.init_args.samples_per_prompt={args.samples}",
-        f"--data.init_args.max_response_tokens={args.max_tokens}",
+        "-c", w.config, f"--model.init_args.model={model}", f"--model.init_args.loss_mode={mode}",
+        f"--model.init_args.token_budget={w.phi}", "--model.init_args.parity=false",
+        f"--model.init_args.micro_batch_tokens={w.micro_batch_tokens}", f"--model.init_args.lr={w.lr}",
+        f"--model.init_args.warmup_steps={w.warmup_lr_steps}", f"--model.init_args.kl_coef={w.kl_coef}",
+        f"--model.init_args.entropy_coef={w.entropy_coef}",
+        f"--model.init_args.router_aux_loss_coef={w.router_aux_loss_coef}",
+        f"--model.init_args.clip_eps_low={w.clip_eps}", f"--model.init_args.clip_eps_high={w.clip_eps}",
+        f"--model.init_args.grad_clip={w.grad_clip}", "--model.init_args.activation_checkpointing=false",
+        f"--trainer.max_steps={w.steps}", "--trainer.logger=false", "--trainer.callbacks=[]",
+        "--trainer.enable_checkpointing=false",
+        f"--data.init_args.prompts_per_step={w.prompts}", f"--data.init_args.samples_per_prompt={w.samples}",
+        f"--data.init_args.max_response_tokens={w.max_tokens}", f"--data.init_args.temperature={w.temperature}",
+        "--data.init_args.top_p=1.0", f"--data.init_args.max_staleness={staleness}", engine_arg, *sizes,
+        *w.extra_overrides,
     ]
     return RingLightningCLI(args=overrides, run=False)
 
 
-def run(args, mode: str, engine):
+def run_ours(w: RLWorkload, system: str, model: str) -> list[dict[str, float]]:
+    """One ring_lightning run of `system` (a key of `OURS`); every step's logged metrics."""
     from lightning.pytorch.callbacks import Callback
 
     rows: list[dict[str, float]] = []
 
     class Collect(Callback):
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            rows.append({k: float(v) for k, v in trainer.callback_metrics.items()})
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            self.c0 = time.process_time()
 
-    cli = build(args, mode)
-    if engine is None:  # start the configured engine once; every run syncs its policy into it at bind
-        engine = cli.datamodule.engine_factory(args.model, None)
-    cli.datamodule.engine_factory = engine
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            cpu = time.process_time() - self.c0
+            rows.append({**{k: float(v) for k, v in trainer.callback_metrics.items()}, "cpu/step": cpu})
+
+    cli = build(w, model=model, **OURS[system])
     cli.trainer.callbacks.append(Collect())
     cli.trainer.fit(cli.model, cli.datamodule)
-    return rows, engine
+    return rows
 
 
-def summarize(mode: str, rows: list[dict[str, float]], warmup: int) -> dict[str, float]:
-    timed = rows[warmup:] or rows
-    mean = lambda k: statistics.median(r[k] for r in timed)  # noqa: E731  median: robust to load spikes
-    gen, trained = mean("rollout/generated_tokens"), mean("train/loss_tokens")
-    step = mean("time/step")
-    return {"mode": mode, "steps": len(rows), "gen_tok_s": gen / mean("time/rollout"),
-            "train_tok_s": trained / mean("time/train"), "step_tok_s": (gen + trained) / step,
-            **{k: mean(k) for k in SPLIT}, "gen_tokens": gen, "loss_tokens": trained,
-            "reward_first": rows[0]["reward/mean"], "reward_last": rows[-1]["reward/mean"]}
+def trl_prompt_rows(w: RLWorkload, model: str):
+    """The prompts ring_lightning draws in one run (steps x L, in order) and the config's reward router."""
+    from ring_lightning.data.prompt_stream import PromptStream
+
+    dm = build(w, "c3po", model).datamodule
+    stream = PromptStream({n: s.load(n) for n, s in dm.sources.items()}, dm.stages, dm.initial_stage, seed=dm.seed)
+    return stream.draw(w.prompts * w.steps), dm.reward
+
+
+def run_trl_round(w: RLWorkload, model: str, rows, router) -> list[dict[str, float]]:
+    from benchmarks.bench_trl import run_trl
+
+    return run_trl(model, rows, router, samples=w.samples, max_tokens=w.max_tokens, temperature=w.temperature,
+                   steps=w.steps, lr=w.lr, warmup_steps=w.warmup_lr_steps, kl_coef=w.kl_coef,
+                   entropy_coef=w.entropy_coef, router_aux_loss_coef=w.router_aux_loss_coef, clip_eps=w.clip_eps,
+                   grad_clip=w.grad_clip, micro_batch_tokens=w.micro_batch_tokens)
+
+
+def summarize(runs: list[list[dict[str, float]]], warmup: int) -> dict[str, float]:
+    """Medians over the steps after `warmup` of every run (all steps of a run shorter than that)."""
+    timed = [r for run in runs for r in (run[warmup:] or run)]
+    if not timed:
+        raise ValueError("summarize: no steps were recorded")
+    med = lambda k: statistics.median(r[k] for r in timed)  # noqa: E731  median: robust to load spikes
+    gen, trained, step = med("rollout/generated_tokens"), med("train/loss_tokens"), med("time/step")
+    split = {k: med(k) for k in SPLIT}
+    return {"steps": float(len(timed)), "gen_tokens": gen, "loss_tokens": trained, "s_step": step,
+            "gen_tok_s": statistics.median(r["rollout/generated_tokens"] / r["time/rollout"] for r in timed),
+            "train_tok_s": statistics.median(r["train/loss_tokens"] / r["time/train"] for r in timed),
+            "e2e_tok_s": statistics.median((r["rollout/generated_tokens"] + r["train/loss_tokens"]) / r["time/step"]
+                                           for r in timed),
+            "cpu_s_step": med("cpu/step"),
+            "e2e_tok_cpu_s": statistics.median((r["rollout/generated_tokens"] + r["train/loss_tokens"]) / r["cpu/step"]
+                                               for r in timed),
+            **{k.replace("time/", "s_"): v for k, v in split.items()},
+            "s_other": max(step - sum(split.values()), 0.0),
+            "reward_mean": statistics.mean(r["reward/mean"] for r in timed),
+            "reward_first": runs[0][0]["reward/mean"], "reward_last": runs[-1][-1]["reward/mean"]}
+
+
+def compare(w: RLWorkload, systems: tuple[str, ...] = DEFAULT_SYSTEMS, log=print) -> dict[str, Any]:
+    """Run the systems in alternating rounds; returns {system: summary}, the TRL version (or None)
+    and the shared engine's start seconds."""
+    from benchmarks.bench_trl import trl_version
+    from benchmarks.shared_engine import SharedEngine
+
+    version = trl_version() if "trl" in systems else None
+    if "trl" in systems and version is None:
+        log("TRL is not installed: the TRL column is skipped (install the `bench` extra: pip install 'trl>=0.20')")
+        systems = tuple(s for s in systems if s != "trl")
+    tmp = tempfile.TemporaryDirectory(prefix="bench_rl_step_")
+    model = model_dir(w.model, Path(tmp.name), **w.model_overrides)
+    rows = router = None
+    if "trl" in systems:
+        rows, router = trl_prompt_rows(w, model)
+    # vLLM systems first: starting vLLM in this process changes its CPU threading state (HF generate ran
+    # ~2x faster after it in one measurement here), so every run of every system must come after it.
+    systems = tuple(sorted(systems, key=lambda s: not (s in OURS and OURS[s]["engine"] == "vllm")))
+    runs: dict[str, list[list[dict[str, float]]]] = {s: [] for s in systems}
+    try:
+        for r in range(w.rounds):  # every other round in reverse order: a load trend hits all systems alike
+            for s in (systems if r % 2 == 0 else systems[::-1]):
+                log(f"[rl] round {r + 1}/{w.rounds}: {s} ({w.steps} steps)")
+                runs[s].append(run_trl_round(w, model, rows, router) if s == "trl" else run_ours(w, s, model))
+    finally:
+        SharedEngine.close_shared()
+        tmp.cleanup()
+    return {"systems": {s: summarize(v, w.warmup) for s, v in runs.items()}, "trl_version": version,
+            "engine_start_s": SharedEngine.start_seconds, "workload": asdict(w), "runs": runs}
+
+
+def write_csv(path: str, runs: dict[str, list[list[dict[str, float]]]]) -> None:
+    """Every recorded step of every run, with its system, round and step (e.g. reward curves)."""
+    import csv
+
+    flat = [{"system": s, "round": i, "step": j, **row} for s, rs in runs.items() for i, run in enumerate(rs)
+            for j, row in enumerate(run)]
+    keys = ["system", "round", "step"] + sorted({k for r in flat for k in r} - {"system", "round", "step"})
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(flat)
+
+
+COLUMNS = ("steps", "gen_tokens", "loss_tokens", "gen_tok_s", "train_tok_s", "e2e_tok_s", "e2e_tok_cpu_s",
+           "cpu_s_step", "s_step", "s_rollout",
+           "s_reward", "s_train", "s_sync", "s_other", "reward_first", "reward_last")
+
+
+def format_table(result: dict[str, Any]) -> str:
+    lines = [" | ".join(f"{c:>11}" for c in ("system",) + COLUMNS)]
+    for name, s in result["systems"].items():
+        lines.append(" | ".join([f"{name:>11}"] + [f"{s[c]:11.4g}" for c in COLUMNS]))
+    return "\n".join(lines)
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="bailing-tiny", help="SFT export directory or preset name")
-    p.add_argument("--modes", nargs="+", default=["c3po", "grpo"], choices=["c3po", "grpo"])
-    p.add_argument("--steps", type=int, default=4)
-    p.add_argument("--warmup", type=int, default=1, help="steps left out of the averages")
-    p.add_argument("--phi", type=int, default=2048, help="C3PO token budget Φ")
-    p.add_argument("--prompts", type=int, default=16, help="L")
-    p.add_argument("--samples", type=int, default=8, help="K")
-    p.add_argument("--max-tokens", type=int, default=160, help="max response tokens")
-    p.add_argument("--csv", default=None, help="write every step's metrics of the first mode here")
+    d = RLWorkload()
+    p.add_argument("--systems", nargs="+", default=list(DEFAULT_SYSTEMS), choices=SYSTEMS)
+    p.add_argument("--model", default=d.model, help="preset name or HF model directory")
+    for name in ("prompts", "samples", "max_tokens", "phi", "micro_batch_tokens", "steps", "warmup", "rounds"):
+        p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(d, name))
+    p.add_argument("--csv", default=None, help="write every step's metrics of every run here")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: no oversubscription on a "
+                   "shared machine)")
     args = p.parse_args(argv)
-    sys.path.insert(0, str(REPO))
-    import tempfile
+    import torch
 
-    tmp = tempfile.TemporaryDirectory(prefix="bench_rl_step_")
-    args.model = model_dir(args.model, Path(tmp.name))
-    results, engine = [], None
-    for i, mode in enumerate(args.modes):
-        rows, engine = run(args, mode, engine)
-        if i == 0 and args.csv:
-            keys = sorted({k for r in rows for k in r})
-            with open(args.csv, "w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=keys)
-                w.writeheader()
-                w.writerows(rows)
-        results.append(summarize(mode, rows, args.warmup))
-    engine.close()
-    print(f"\nquickstart RL step (L={args.prompts}, K={args.samples}, max {args.max_tokens} tokens, "
-          f"Φ={args.phi}, model={args.model}, torch threads={__import__('torch').get_num_threads()})")
-    head = ["mode", "steps", "gen_tok_s", "train_tok_s", "step_tok_s", *SPLIT, "gen_tokens", "loss_tokens",
-            "reward_first", "reward_last"]
-    print(" | ".join(h.replace("time/", "s_") for h in head))
-    for r in results:
-        print(" | ".join(f"{r[h]:.3g}" if isinstance(r[h], float) else str(r[h]) for h in head))
+    torch.set_num_threads(args.threads)
+    w = RLWorkload(model=args.model, **{k: getattr(args, k) for k in ("prompts", "samples", "max_tokens", "phi",
+                                                                       "micro_batch_tokens", "steps", "warmup",
+                                                                       "rounds")})
+    result = compare(w, tuple(args.systems))
+    print(f"\nRL step: model={w.model} L={w.prompts} K={w.samples} max_tokens={w.max_tokens} Φ={w.phi} "
+          f"steps/run={w.steps} (warm-up {w.warmup}) rounds={w.rounds} torch threads={torch.get_num_threads()} "
+          f"load average={os.getloadavg()[0]:.1f} trl={result['trl_version']}")
+    print(format_table(result))
+    if args.csv:
+        write_csv(args.csv, result["runs"])
+        print(f"every step's metrics: {args.csv}")
 
 
 if __name__ == "__main__":

@@ -322,6 +322,9 @@ class VLLMEngine:
                     seed=None if sampling.seed is None else derive_seed(sampling.seed, i, j),
                     skip_special_tokens=True, detokenize=bool(sampling.stop), flat_logprobs=True,
                 ))
+        # OpenMP thread counts are per calling thread: a background sampler thread (max_staleness >= 1)
+        # must run vLLM's CPU attention with the thread count the engine was built with.
+        _restore_torch_threads(self._threads)
         try:
             outputs = self.llm.generate(requests, params, use_tqdm=False)
         except Exception as e:

@@ -1,0 +1,70 @@
+"""SharedEngine: one embedded VLLMEngine reused by several `trainer.fit` runs in one benchmark process.
+
+The RL benchmarks alternate runs (C3PO, GRPO, TRL, C3PO, ...) so that all of them see the same
+machine load; starting a vLLM engine per run would cost ~16 s or more each. Put this class in the
+RL config's engine `class_path` (its init_args are exactly `VLLMEngine`'s, so the YAML's engine
+settings carry over): the first construction starts a `VLLMEngine`; later ones reuse it and load the
+new run's policy weights into it (so every run starts on-policy); `close()` does nothing, and
+`SharedEngine.close_shared()` closes the engine at the end of the benchmark.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any, ClassVar
+
+import torch
+
+from ring_lightning.rollout.engine import Completion, SamplingConfig
+from ring_lightning.rollout.vllm_engine import VLLMEngine
+
+
+class SharedEngine:
+    """A `RolloutEngine` proxy for the process-wide shared `VLLMEngine` (arguments: `VLLMEngine`'s)."""
+
+    _engine: ClassVar[VLLMEngine | None] = None
+    start_seconds: ClassVar[float] = 0.0
+
+    def __init__(self, model, tokenizer=None, **engine_kwargs: Any) -> None:
+        if SharedEngine._engine is None:
+            t0 = time.perf_counter()
+            SharedEngine._engine = VLLMEngine(model, tokenizer, **engine_kwargs)
+            SharedEngine.start_seconds = time.perf_counter() - t0
+        elif isinstance(model, torch.nn.Module):  # a new run's policy: the engine must hold its weights
+            SharedEngine._engine.update_weights(model.named_parameters())
+        else:
+            raise TypeError("SharedEngine: a reused engine needs the run's in-memory policy, got "
+                            f"{type(model).__name__}")
+        self.engine = SharedEngine._engine
+
+    def __getattr__(self, name: str):  # last_sync, sleep_enabled, sleep_level, ...
+        if name == "engine":
+            raise AttributeError(name)
+        return getattr(self.engine, name)
+
+    def generate(self, prompts: Sequence[Sequence[int]], n: int, sampling: SamplingConfig) -> list[list[Completion]]:
+        return self.engine.generate(prompts, n, sampling)
+
+    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        self.engine.update_weights(named_tensors)
+
+    def sleep(self) -> None:
+        self.engine.sleep()
+
+    def wake(self) -> None:
+        self.engine.wake()
+
+    def close(self) -> None:
+        """Nothing: the engine outlives the run (see `close_shared`)."""
+
+    @classmethod
+    def close_shared(cls) -> None:
+        """Close the shared engine (end of the benchmark)."""
+        if cls._engine is not None:
+            cls._engine.close()
+            cls._engine = None
+
+
+SharedEngine.__init__.__signature__ = inspect.signature(VLLMEngine.__init__)  # jsonargparse: VLLMEngine's args
