@@ -43,7 +43,7 @@ SETTINGS = {
     "mid": dict(preset="bailing-mid", overrides={}, prompts=16, n=8, max_tokens=256),
     # The hand-measured shape: HF Qwen3-MoE, 8 layers, hidden 512, 16 experts top-2 (~60M).
     "mid-qwen3": dict(preset="qwen3-moe-tiny", overrides=dict(
-        hidden_size=512, intermediate_size=1408, moe_intermediate_size=704, num_hidden_layers=8,
+        hidden_size=512, intermediate_size=1408, moe_intermediate_size=256, num_hidden_layers=8,
         num_attention_heads=8, num_key_value_heads=2, head_dim=64, num_experts=16, num_experts_per_tok=2),
         prompts=16, n=8, max_tokens=256),
 }
