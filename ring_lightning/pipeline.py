@@ -21,6 +21,18 @@ HF directory the stage itself wrote at `<stage>/export` during this attempt is u
 export gets `ring_lightning_meta.json` with the SFT token count (`sft_tokens_seen`) so the next RL
 stage (C3POModule.sft_tokens, TokenEfficiency) knows the token-efficiency denominator.
 
+Each stage runs with the environment variable `RING_LIGHTNING_STAGE_DIR=<run_dir>/<stage>` (the
+quickstart configs put their CSV / TensorBoard logs there: `save_dir: ${oc.env:RING_LIGHTNING_STAGE_DIR,...}`).
+
+Held-out evaluation and report (`evaluation`, `report`). After each stage the pipeline scores the
+stage's export on held-out prompts in its own process (`eval/heldout.py`: pass@1 over n samples
+± standard error, pass@k, per set and domain) and stores the result in the state file under the
+stage (`eval`) and in `<run_dir>/<stage>/heldout.json`; a re-run does not redo an evaluation
+whose model and settings are unchanged. At the end it writes `<run_dir>/report.md` with PNG
+curves (`report.py`). It prints one line when a stage or evaluation starts and ends, with the
+elapsed time since the pipeline started; the stage's own output (progress bar included) goes to
+`<run_dir>/<stage>/stage.log`.
+
 State. `<run_dir>/pipeline_state.json` (written atomically: temp file + `os.replace`) records for
 each stage its status ("started", "failed", "finished"), attempts, command and outputs. Re-running
 the same pipeline skips finished stages, resumes a started/failed one with `--ckpt_path last`
@@ -40,8 +52,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from ring_lightning.eval.heldout import HeldoutEval
+
 STATE_FILE = "pipeline_state.json"
 META_FILE = "ring_lightning_meta.json"
+STAGE_DIR_ENV = "RING_LIGHTNING_STAGE_DIR"
 DEFAULT_MODULES = {"sft": "ring_lightning.modules.sft.SFTModule", "rl": "ring_lightning.modules.c3po.C3POModule"}
 
 
@@ -87,10 +102,13 @@ class Pipeline:
         stage_command: the command prefix of a stage; None = [python, -m, ring_lightning, fit].
         env: extra environment variables for the stage processes.
         log_to_file: write each stage's output to `<run_dir>/<stage>/stage.log` (else inherit stdout).
+        evaluation: held-out evaluation of each stage's export (`eval/heldout.HeldoutEval`); None = none.
+        report: write `<run_dir>/report.md` + PNG curves at the end (`report.py`).
     """
 
     def __init__(self, stages: list[StageSpec], run_dir: str = "runs/pipeline", stage_command: list[str] | None = None,
-                 env: dict[str, str] | None = None, log_to_file: bool = True) -> None:
+                 env: dict[str, str] | None = None, log_to_file: bool = True, evaluation: HeldoutEval | None = None,
+                 report: bool = True) -> None:
         if not stages:
             raise ValueError("pipeline: `stages` is empty; list at least one stage (name, config)")
         names = [s.name for s in stages]
@@ -109,6 +127,17 @@ class Pipeline:
         self.stage_command = list(stage_command) if stage_command else [sys.executable, "-m", "ring_lightning", "fit"]
         self.env = dict(env or {})
         self.log_to_file = log_to_file
+        self.evaluation, self.report = evaluation, report
+        unknown = sorted(set(evaluation.stages or []) - set(names)) if evaluation is not None else []
+        if unknown:
+            raise ValueError(f"pipeline: evaluation.stages names unknown stages {unknown}; stages: {names}")
+        self._t0 = time.time()
+        self._eval_reward: Any = None
+
+    def _say(self, msg: str, err: bool = False) -> None:
+        elapsed = int(time.time() - self._t0)
+        print(f"[pipeline {elapsed // 60:d}:{elapsed % 60:02d}] {msg}", file=sys.stderr if err else sys.stdout,
+              flush=True)
 
     # ------------------------------------------------------------------------------ state
     @property
@@ -169,12 +198,25 @@ class Pipeline:
     # -------------------------------------------------------------------------------- run
     def run(self) -> int:
         """Run (or resume) every unfinished stage; 0 on success, the failing stage's exit code else."""
+        try:
+            return self._run()
+        finally:
+            if self._eval_reward is not None:
+                from ring_lightning.eval.heldout import close_rewards
+
+                close_rewards(self._eval_reward)
+                self._eval_reward = None
+
+    def _run(self) -> int:
+        self._t0 = time.time()
         state = self.load_state()
         state["stage_order"] = [s.name for s in self.stages]
+        state["started_at"], state["finished_at"] = self._t0, None
         for i, spec in enumerate(self.stages):
             rec = state["stages"].setdefault(spec.name, {"status": "pending", "attempts": 0})
             if rec["status"] == "finished":
-                print(f"[pipeline] {spec.name}: finished earlier -> {rec['outputs'].get('model')}", flush=True)
+                self._say(f"{spec.name}: finished earlier -> {rec['outputs'].get('model')}")
+                self._evaluate(spec, rec, state)
                 continue
             init_model = self._init_model(i, state)
             resume = rec["status"] in ("started", "failed")
@@ -187,16 +229,16 @@ class Pipeline:
             rec.update(status="started", attempts=rec["attempts"] + 1, command=cmd, started_at=started,
                        init_model=init_model)
             self.save_state(state)
-            print(f"[pipeline] {spec.name}: {'resuming' if resume else 'starting'} (attempt {rec['attempts']}): "
-                  f"{' '.join(cmd)}", flush=True)
+            where = f" (output: {d / 'stage.log'})" if self.log_to_file else ""
+            self._say(f"{spec.name}: {'resuming' if resume else 'starting'} (attempt {rec['attempts']}){where}: "
+                      f"{' '.join(cmd)}")
             rc = self._spawn(cmd, d)
             if rc != 0:
                 rec.update(status="failed", returncode=rc)
                 self.save_state(state)
-                where = f"; see {d / 'stage.log'}" if self.log_to_file else ""
-                print(f"[pipeline] {spec.name}: FAILED with exit code {rc}{where}. Fix the cause and re-run the "
-                      f"same command: finished stages are skipped and this one resumes from its last checkpoint.",
-                      file=sys.stderr, flush=True)
+                self._say(f"{spec.name}: FAILED with exit code {rc} after {time.time() - started:.0f} s{where}. Fix "
+                          "the cause and re-run the same command: finished stages are skipped and this one resumes "
+                          "from its last checkpoint.", err=True)
                 return rc
             try:
                 rec["outputs"] = self._outputs(spec, started)
@@ -206,13 +248,48 @@ class Pipeline:
                 raise PipelineError(f"stage {spec.name!r} ran but its output could not be collected: {e}") from e
             rec.update(status="finished", returncode=0, finished_at=time.time())
             self.save_state(state)
-            print(f"[pipeline] {spec.name}: finished -> {rec['outputs']['model']}", flush=True)
+            self._say(f"{spec.name}: finished in {rec['finished_at'] - started:.0f} s -> {rec['outputs']['model']}")
+            self._evaluate(spec, rec, state)
         state["final_model"] = state["stages"][self.stages[-1].name]["outputs"]["model"]
+        state["finished_at"] = time.time()
         self.save_state(state)
+        if self.report:
+            from ring_lightning.report import build_report
+
+            self._say(f"report: {build_report(self.run_dir)}")
+        self._say(f"done in {state['finished_at'] - self._t0:.0f} s; final model: {state['final_model']}")
         return 0
 
+    # -------------------------------------------------------------------------- evaluation
+    def _evaluate(self, spec: StageSpec, rec: dict[str, Any], state: dict[str, Any]) -> None:
+        """Score the stage's export on the held-out sets, unless done before with the same model and settings."""
+        ev = self.evaluation
+        if ev is None or (ev.stages is not None and spec.name not in ev.stages):
+            return
+        model, signature = rec["outputs"]["model"], ev.signature()
+        done = rec.get("eval") or {}
+        if done.get("model") == model and done.get("spec") == signature:
+            self._say(f"{spec.name}: held-out evaluation done earlier ({_eval_line(done)})")
+            return
+        from ring_lightning.eval.heldout import evaluate_model
+
+        self._say(f"{spec.name}: held-out evaluation of {model} ({', '.join(ev.sets)}; "
+                  f"{ev.samples_per_prompt} samples per prompt, temperature {ev.temperature})")
+        if self._eval_reward is None:  # one router (and math-verify worker pool) for every evaluation
+            from ring_lightning.rewards.router import RewardRouter
+
+            self._eval_reward = RewardRouter()
+        result = {**evaluate_model(model, ev, reward=self._eval_reward), "spec": signature}
+        out = self.stage_dir(spec) / "heldout.json"
+        tmp = out.with_name(f".tmp-{out.name}")
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
+        os.replace(tmp, out)
+        rec["eval"] = result
+        self.save_state(state)
+        self._say(f"{spec.name}: held-out evaluation finished in {result['seconds']:.0f} s: {_eval_line(result)}")
+
     def _spawn(self, cmd: list[str], stage_dir: Path) -> int:
-        env = {**os.environ, **self.env}
+        env = {**os.environ, **self.env, STAGE_DIR_ENV: str(stage_dir.resolve())}
         if not self.log_to_file:
             return subprocess.run(cmd, env=env).returncode
         with open(stage_dir / "stage.log", "a") as log:
@@ -268,8 +345,12 @@ class Pipeline:
 
         if not ckpt or not Path(ckpt).exists():
             raise FileNotFoundError(f"pipeline: stage {spec.name!r}: checkpoint to export not found: {ckpt}")
-        print(f"[pipeline] {spec.name}: exporting {ckpt} -> {out}", flush=True)
+        self._say(f"{spec.name}: exporting {ckpt} -> {out}")
         export_checkpoint(ckpt, out, module_cls=spec.module_cls or DEFAULT_MODULES[spec.kind], overwrite=True)
+
+
+def _eval_line(result: dict[str, Any]) -> str:
+    return ", ".join(f"{name} pass@1 {r['pass@1']:.3f} ± {r['pass@1_se']:.3f}" for name, r in result["sets"].items())
 
 
 def _fresh_export(export: Path, started: float) -> bool:
@@ -311,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ring_lightning pipeline: config error: {e}", file=sys.stderr, flush=True)
         return 2
     init = parser.instantiate(cfg) if hasattr(parser, "instantiate") else parser.instantiate_classes(cfg)
-    names = ("stages", "run_dir", "stage_command", "env", "log_to_file")
+    names = ("stages", "run_dir", "stage_command", "env", "log_to_file", "evaluation", "report")
     try:
         return Pipeline(**{k: init[k] for k in names}).run()
     except (PipelineError, ValueError, FileNotFoundError) as e:

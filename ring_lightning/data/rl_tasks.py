@@ -12,14 +12,20 @@ of the same *shape* — validated `PromptRow`s that the reward router scores exa
 * ``arithmetic_steps``: arithmetic with explicit difficulty knobs (``min_ops``, ``max_ops``,
   ``max_operand``) and the same prompt wording, for curricula and quick CPU runs (``max_ops=1`` is a
   task a tiny model can learn within minutes of RL).
-* ``instruction``: IFEval-style instruction-following prompts, domain "instruction", each carrying
-  ``instructions=[{"id", "kwargs"}]`` checked by `rewards/instruction.py` (bullet count, lowercase,
-  keyword, word limit, no comma, end phrase; about 4,000 distinct prompts).
+* ``addition``: the sum of three digits (`data/synthetic.py`), domain "math" — the quickstart's
+  reasoning-RL task; by default drawn outside the fixed held-out partition (``split``).
+* ``instruction``: IFEval-style instruction-following prompts (`data/synthetic_instruction.py`),
+  domain "instruction", each carrying ``instructions=[{"id", "kwargs"}]`` checked by
+  `rewards/instruction.py` (bullet count, lowercase, keyword, word limit, no comma, end phrase;
+  about 4,000 distinct prompts).
 
 Where the report is silent, what we chose: RL prompts of a synthetic task are drawn with their own
 seed, so they are different problems from the SFT data of the same task (a prompt may repeat by
-chance; these are toy tasks, not a benchmark). Every row goes through `parse_row`, so a generator
-bug surfaces as a `PromptRowError` naming the task and row.
+chance; these are toy tasks, not a benchmark). ``addition`` and ``instruction`` can also be drawn
+from one side of `synthetic.is_heldout`'s fixed partition (``split``), which the quickstart uses
+so that its held-out evaluation (`eval/heldout.py`) never scores a question seen in training.
+Every row goes through `parse_row`, so a generator bug surfaces as a `PromptRowError` naming the
+task and row.
 """
 
 from __future__ import annotations
@@ -29,20 +35,12 @@ from typing import Any
 
 from ring_lightning.data import synthetic
 from ring_lightning.data.prompts import PromptRow, parse_row
+from ring_lightning.data.synthetic_instruction import INSTRUCTION_KINDS, instruction_prompt
 
-RL_TASKS = ("arithmetic", "countdown", "mixed", "arithmetic_steps", "instruction")
+RL_TASKS = ("arithmetic", "countdown", "mixed", "arithmetic_steps", "addition", "instruction")
+SPLITS = ("all", "train", "heldout")
 
-# IFEval-style checks (ids as in Google's IFEval; `rewards/instruction.py` verifies them).
-_TOPICS = ("the sea", "a small robot", "autumn leaves", "a quiet library", "mountain trains", "honey bees",
-           "the night sky", "a lost key", "fresh bread", "a rainy city", "an old bridge", "a paper boat",
-           "winter mornings", "a busy market", "desert flowers", "a lighthouse", "city pigeons", "a chess game",
-           "a first bicycle", "thunderstorms", "a tea kettle", "the moon", "a school garden", "a red kite",
-           "river stones", "a night train", "a village bakery", "snowy owls", "a music box", "summer rain",
-           "a broken clock", "forest paths", "a harbour at dawn", "a sleepy cat", "wind turbines",
-           "a museum hall", "a campfire", "an empty beach", "a map of stars", "a window garden")
-_KEYWORDS = ("blue", "river", "clock", "garden", "light", "stone", "window", "song", "paper", "silver",
-             "bread", "shadow", "green", "bridge", "cloud", "quiet", "morning", "glass", "salt", "wheel")
-_END_PHRASES = ("Is there anything else?", "That is all.", "The end.", "Thank you.")
+
 def _arithmetic_steps(rng: random.Random, min_ops: int, max_ops: int, max_operand: int
                       ) -> tuple[str, str, dict[str, Any]]:
     n_ops = rng.randint(min_ops, max_ops)
@@ -56,38 +54,6 @@ def _arithmetic_steps(rng: random.Random, min_ops: int, max_ops: int, max_operan
     return synthetic.ARITHMETIC_PROMPT.format(expr=expr), str(value), {"expression": expr}
 
 
-INSTRUCTION_KINDS = ("bullets", "lowercase", "keyword", "word_limit", "no_comma", "end_phrase")
-
-
-def _instruction(rng: random.Random, kinds: tuple[str, ...]) -> tuple[str, list[dict[str, Any]]]:
-    topic = rng.choice(_TOPICS)
-    kind = INSTRUCTION_KINDS.index(rng.choice(kinds))
-    if kind == 0:
-        n = rng.randint(2, 5)
-        return (f"Write exactly {n} bullet points about {topic}. Use markdown bullets such as '* item'.",
-                [{"id": "detectable_format:number_bullet_lists", "kwargs": {"num_bullets": n}}])
-    if kind == 1:
-        what = rng.choice(("one sentence", "two sentences", "a short note", "a title"))
-        return (f"Write {what} about {topic}. Your entire response must be in lowercase letters.",
-                [{"id": "change_case:english_lowercase", "kwargs": {}}])
-    if kind == 2:
-        word = rng.choice(_KEYWORDS)
-        what = rng.choice(("a short sentence", "one line", "a short description"))
-        return (f"Write {what} about {topic} that includes the word '{word}'.",
-                [{"id": "keywords:existence", "kwargs": {"keywords": [word]}}])
-    if kind == 3:
-        n = rng.randint(5, 25)
-        return (f"Describe {topic} in fewer than {n} words.",
-                [{"id": "length_constraints:number_words", "kwargs": {"relation": "less than", "num_words": n}}])
-    if kind == 4:
-        what = rng.choice(("one sentence", "two sentences", "a short note", "a short answer"))
-        return (f"Write {what} about {topic} without using any commas.",
-                [{"id": "punctuation:no_comma", "kwargs": {}}])
-    phrase = rng.choice(_END_PHRASES)
-    return (f"Write a short note about {topic}. End your response with the exact phrase '{phrase}'.",
-            [{"id": "startend:end_checker", "kwargs": {"end_phrase": phrase}}])
-
-
 def rl_task_rows(
     task: str,
     n: int,
@@ -97,8 +63,9 @@ def rl_task_rows(
     max_ops: int = 2,
     max_operand: int = 20,
     kinds: tuple[str, ...] | list[str] = INSTRUCTION_KINDS,
+    split: str | None = None,
 ) -> list[PromptRow]:
-    """`n` validated RL prompt rows of a built-in task.
+    """`n` validated RL prompt rows of a built-in task, all distinct.
 
     Args:
         task: one of `RL_TASKS`.
@@ -108,12 +75,24 @@ def rl_task_rows(
         max_ops: `arithmetic_steps` only: most operations per expression.
         max_operand: `arithmetic_steps` only: largest operand / starting value.
         kinds: `instruction` only: the constraint types to draw from (`INSTRUCTION_KINDS`), equally.
+        split: which side of `synthetic.is_heldout`'s fixed partition to draw from: "train" (never
+            a held-out question), "heldout" (only those: for evaluation) or "all". None = "train"
+            for `addition` (whose SFT data never shows held-out questions either), "all" otherwise.
+            `arithmetic` / `countdown` / `mixed` support only "all".
     """
     if task not in RL_TASKS:
         raise ValueError(f"unknown built-in RL task {task!r}; expected one of {', '.join(RL_TASKS)}")
     if n < 1:
         raise ValueError(f"built-in RL task {task!r}: n must be >= 1, got {n}")
-    if task in synthetic.TASKS:
+    split = split if split is not None else ("train" if task == "addition" else "all")
+    if split not in SPLITS:
+        raise ValueError(f"built-in RL task {task!r}: split must be one of {SPLITS}, got {split!r}")
+    keep = {"all": lambda q: True, "train": lambda q: not synthetic.is_heldout(q),
+            "heldout": synthetic.is_heldout}[split]
+    if task in ("arithmetic", "countdown", "mixed"):
+        if split != "all":
+            raise ValueError(f"built-in RL task {task!r} has no held-out partition; use split 'all' (or the "
+                             f"'addition' / 'instruction' tasks)")
         raw = synthetic.prompt_rows(task, "train", n_train=n, n_val=0, seed=seed)
     elif task == "arithmetic_steps":
         if not 1 <= min_ops <= max_ops or max_operand < 1:
@@ -121,26 +100,35 @@ def rl_task_rows(
                              f"got min_ops={min_ops}, max_ops={max_ops}, max_operand={max_operand}")
         raw = _unique(n, task, lambda rng: _arithmetic_steps(rng, min_ops, max_ops, max_operand),
                       seed, lambda q, a, m: {"domain": "math", "prompt": q, "answer": a,
-                                             "meta": {"task": "arithmetic", **m}})
+                                             "meta": {"task": "arithmetic", **m}}, keep)
+    elif task == "addition":
+        raw = _unique(n, task, lambda rng: _drop_steps(synthetic.GENERATORS["addition"](rng)), seed,
+                      lambda q, a, m: {"domain": "math", "prompt": q, "answer": a, "meta": {"task": "addition", **m}},
+                      keep)
     else:
         kinds = tuple(kinds)
         unknown = sorted(set(kinds) - set(INSTRUCTION_KINDS))
         if not kinds or unknown:
             raise ValueError(f"instruction kinds must be a non-empty subset of {INSTRUCTION_KINDS}, got {kinds}")
-        raw = _unique(n, task, lambda rng: (*_instruction(rng, kinds), None), seed,
+        raw = _unique(n, task, lambda rng: (*instruction_prompt(rng, kinds)[:2], None), seed,
                       lambda q, ins, _: {"domain": "instruction", "prompt": q, "instructions": ins,
-                                         "meta": {"task": "instruction"}})
+                                         "meta": {"task": "instruction"}}, keep)
     return [parse_row(r, f"built-in RL task {task!r} row {i}") for i, r in enumerate(raw)]
 
 
-def _unique(n: int, task: str, make, seed: int, to_row) -> list[dict[str, Any]]:
-    """Draw until `n` distinct questions (or give up with a clear error when the space is too small)."""
+def _drop_steps(problem: tuple[str, tuple[str, ...], str, dict[str, Any]]) -> tuple[str, str, dict[str, Any]]:
+    question, _, answer, meta = problem  # the gold answer; the SFT trace's `stated_answer` is dropped
+    return question, answer, {k: v for k, v in meta.items() if k != "stated_answer"}
+
+
+def _unique(n: int, task: str, make, seed: int, to_row, keep=lambda q: True) -> list[dict[str, Any]]:
+    """Draw until `n` distinct kept questions (or give up with a clear error when the space is too small)."""
     rng = random.Random(f"ring-lightning-rl-{task}-{seed}")
     seen: set[str] = set()
     rows: list[dict[str, Any]] = []
-    for _ in range(50 * n + 1000):
+    for _ in range(200 * n + 10_000):
         q, a, m = make(rng)
-        if q in seen:
+        if q in seen or not keep(q):
             continue
         seen.add(q)
         rows.append({"id": f"{task}-rl-{seed}-{len(rows)}", **to_row(q, a, m)})

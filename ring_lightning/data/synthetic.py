@@ -2,30 +2,56 @@
 
 Ring-lite (arXiv 2506.14731, §3 "Long-CoT SFT" and §4 "Reinforcement learning data") trains on
 long chain-of-thought answers — a `<think>…</think>` reasoning trace followed by a final answer —
-for math, code and logic problems with verifiable answers. The real corpora cannot be downloaded
-here, so the quickstart uses two small generated tasks of the same shape:
+for math, code and logic problems with verifiable answers, then runs general RL (instruction
+following among others). The real corpora cannot be downloaded here, so the quickstart uses small
+generated tasks of the same shape:
 
 * ``arithmetic``: a multi-step integer expression such as ``((23 + 17) * 3) - 12``; the response
   reasons one operation per line inside ``<think>…</think>`` and ends with ``\\boxed{108}``.
 * ``countdown``: reach a target from a few numbers with + - * (each number used once); the
   response tries the construction step by step and ends with ``\\boxed{(25 - 5) * 3}``.
 * ``mixed``: alternates the two.
+* ``addition``: the sum of three digits 1-9, ``Compute 4 + 3 + 1.``, reasoned as running sums
+  (``4 + 3 = 7.`` / ``7 + 1 = 8.``) — except that in `QUICK_GUESS_RATE` (half) of the traces the
+  "teacher" skips the reasoning (``<think>Quick guess.</think>``) and states a guess that is off by
+  1-3. Distilled long-CoT data is imperfect in the same
+  way (answers without, or inconsistent with, the reasoning). An SFT'd model inherits the habit:
+  at temperature 1 it guesses on about half of the problems; reasoning RL, rewarded only for correct answers,
+  learns to reason every time — held-out pass@1 and response length both rise, the dynamics
+  Ring-lite reports for reasoning RL. The gold answer (`answer`) is always the true sum; the
+  trace's stated answer is `meta["stated_answer"]` when it differs.
+* ``instruction``: IFEval-style prompts (lowercase / word limit / no comma) answered by a short
+  sentence that complies only by chance (`data/synthetic_instruction.py`), the start of general RL.
+* ``quickstart``: ``addition`` and ``instruction`` interleaved 3:1 — the quickstart's SFT data.
 
-Everything is deterministic from `seed`. Problems are unique by question text, and the held-out
-split ("val") is disjoint from "train" because both are cut from one de-duplicated sequence.
+Everything is deterministic from `seed`. For ``arithmetic`` / ``countdown`` / ``mixed``, problems
+are unique by question text and the held-out split ("val") is disjoint from "train" because both
+are cut from one de-duplicated sequence. ``addition`` / ``instruction`` / ``quickstart`` have
+small problem spaces (729 sums), so they use a fixed *held-out partition* instead (`is_heldout`:
+1 in 7 questions by the CRC-32 of the text): "train" draws (with repeats) only from the rest, "val"
+draws distinct held-out questions, and the RL tasks of `data/rl_tasks.py` use the same partition
+— so a question of the held-out evaluation is never seen in SFT or RL training.
 These are deliberately tiny problems: they exercise the recipe on CPU, they are not a benchmark.
 """
 
 from __future__ import annotations
 
 import random
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-TASKS = ("arithmetic", "countdown", "mixed")
+from ring_lightning.data.synthetic_instruction import QUICKSTART_KINDS, instruction_answer, instruction_prompt
+
+TASKS = ("arithmetic", "countdown", "mixed", "addition", "instruction", "quickstart")
+PARTITIONED_TASKS = ("addition", "instruction", "quickstart")  # held-out partition, see module docstring
+HELDOUT_MODULUS = 7
+QUICK_GUESS = "Quick guess."
+QUICK_GUESS_RATE = 0.5  # share of addition traces that guess instead of reasoning (module docstring)
 Split = Literal["train", "val"]
 
 ARITHMETIC_PROMPT = "Compute {expr}. Think step by step and put the final answer in \\boxed{{}}."
+ADDITION_PROMPT = "Compute {expr}. Answer in \\boxed{{}}."  # short: most of a tiny model's SFT tokens go to answers
 COUNTDOWN_PROMPT = ("Use the numbers {numbers} (each at most once) with + - * to make {target}. "
                     "Put the expression in \\boxed{{}}.")
 
@@ -36,11 +62,13 @@ class SyntheticProblem:
 
     Attributes:
         id: stable id, e.g. "arithmetic-train-17".
-        task: "arithmetic" or "countdown".
+        task: "arithmetic", "countdown", "addition" or "instruction".
         question: the user message.
-        steps: the reasoning lines of the `<think>` block.
-        answer: the gold answer (an integer for arithmetic, an expression for countdown).
-        meta: verifier data (countdown: numbers and target).
+        steps: the reasoning lines of the `<think>` block (none for instruction).
+        answer: the gold answer (an integer for arithmetic / addition, an expression for countdown);
+            for instruction the SFT answer text (which follows the instruction only by chance).
+        meta: verifier data (countdown: numbers and target; instruction: its `instructions`); an
+            addition trace that guesses has the answer it states in `stated_answer`.
     """
 
     id: str
@@ -85,13 +113,72 @@ def _countdown(rng: random.Random) -> tuple[str, tuple[str, ...], str, dict[str,
     return question, tuple(steps), expr, {"numbers": numbers, "target": value}
 
 
-GENERATORS = {"arithmetic": _arithmetic, "countdown": _countdown}
+def _addition(rng: random.Random) -> tuple[str, tuple[str, ...], str, dict[str, Any]]:
+    terms = [rng.randint(1, 9) for _ in range(3)]
+    expr = " + ".join(map(str, terms))
+    question, total = ADDITION_PROMPT.format(expr=expr), sum(terms)
+    if rng.random() < QUICK_GUESS_RATE:  # the teacher guesses instead of reasoning: often wrong
+        guess = total + rng.choice((-3, -2, -1, 1, 2, 3))
+        return question, (QUICK_GUESS,), str(total), {"expression": expr, "stated_answer": str(guess)}
+    running, steps = terms[0], []
+    for t in terms[1:]:
+        steps.append(f"{running} + {t} = {running + t}.")
+        running += t
+    return question, tuple(steps), str(total), {"expression": expr}
+
+
+def _instruction(rng: random.Random) -> tuple[str, tuple[str, ...], str, dict[str, Any]]:
+    question, instructions, topic = instruction_prompt(rng, QUICKSTART_KINDS)
+    return question, (), instruction_answer(rng, topic), {"instructions": instructions}
+
+
+GENERATORS = {"arithmetic": _arithmetic, "countdown": _countdown, "addition": _addition, "instruction": _instruction}
+
+
+def is_heldout(question: str) -> bool:
+    """The fixed held-out partition of the partitioned tasks: 1 in `HELDOUT_MODULUS` questions, by CRC-32."""
+    return zlib.crc32(question.encode("utf-8")) % HELDOUT_MODULUS == 0
+
+
+def _kind(task: str, i: int) -> str:
+    if task == "mixed":
+        return ("arithmetic", "countdown")[i % 2]
+    if task == "quickstart":
+        return "instruction" if i % 4 == 3 else "addition"
+    return task
+
+
+def _partitioned(task: str, split: str, n: int, seed: int) -> list[SyntheticProblem]:
+    """`n` problems of the train side (repeats allowed) or `n` distinct held-out ones (module docstring)."""
+    rng = random.Random(f"ring-lightning-synthetic-{task}-{split}-{seed}")
+    want_heldout = split == "val"
+    seen: set[str] = set()
+    out: list[SyntheticProblem] = []
+    for _ in range(200 * n + 10_000):
+        if len(out) == n:
+            return out
+        kind = _kind(task, len(out))
+        question, steps, answer, meta = GENERATORS[kind](rng)
+        if is_heldout(question) != want_heldout or (want_heldout and question in seen):
+            continue
+        seen.add(question)
+        out.append(SyntheticProblem(id=f"{task}-{split}-{len(out)}", task=kind, question=question, steps=steps,
+                                    answer=answer, meta=dict(meta)))
+    if len(out) == n:
+        return out
+    raise ValueError(f"synthetic task {task!r}: only {len(out)} distinct held-out ('val') problems exist, {n} were "
+                     f"asked; lower the number of val rows (e.g. synthetic_val_rows / synthetic_prompts)")
 
 
 def generate_problems(task: str, n_train: int, n_val: int, seed: int = 0) -> dict[str, list[SyntheticProblem]]:
-    """`n_train` + `n_val` unique problems of `task`, split into {"train": [...], "val": [...]}."""
+    """`n_train` + `n_val` problems of `task`, split into {"train": [...], "val": [...]}.
+
+    Unique and cut from one sequence for the older tasks; for `PARTITIONED_TASKS` "train" draws
+    (with repeats) outside the held-out partition and "val" draws distinct held-out problems."""
     if task not in TASKS:
         raise ValueError(f"unknown synthetic task {task!r}; expected one of {', '.join(TASKS)}")
+    if task in PARTITIONED_TASKS:
+        return {"train": _partitioned(task, "train", n_train, seed), "val": _partitioned(task, "val", n_val, seed)}
     rng = random.Random(f"ring-lightning-synthetic-{task}-{seed}")
     seen: set[str] = set()
     problems: list[tuple[str, tuple[str, ...], str, dict[str, Any], str]] = []
@@ -100,7 +187,7 @@ def generate_problems(task: str, n_train: int, n_val: int, seed: int = 0) -> dic
         attempts += 1
         if attempts > 50 * total + 1000:
             raise RuntimeError(f"could not generate {total} unique {task} problems (got {len(problems)})")
-        kind = task if task != "mixed" else ("arithmetic", "countdown")[len(problems) % 2]
+        kind = _kind(task, len(problems))
         question, steps, answer, meta = GENERATORS[kind](rng)
         if question in seen:
             continue
@@ -116,9 +203,11 @@ def generate_problems(task: str, n_train: int, n_val: int, seed: int = 0) -> dic
 
 
 def sft_messages(problem: SyntheticProblem) -> list[dict[str, str]]:
-    """The long-CoT chat for one problem: user question, assistant `<think>` trace + boxed answer."""
+    """The long-CoT chat for one problem: user question, assistant `<think>` trace + boxed answer
+    (an instruction problem: an empty `<think>` block + the answer text)."""
     think = "\n".join(problem.steps)
-    final = f"The answer is \\boxed{{{problem.answer}}}."
+    stated = problem.meta.get("stated_answer", problem.answer)
+    final = problem.answer if problem.task == "instruction" else f"The answer is \\boxed{{{stated}}}."
     return [{"role": "user", "content": problem.question},
             {"role": "assistant", "content": f"<think>\n{think}\n</think>\n{final}"}]
 
@@ -131,13 +220,18 @@ def sft_rows(task: str, split: Split, n_train: int, n_val: int, seed: int = 0) -
 def prompt_rows(task: str, split: Split, n_train: int, n_val: int, seed: int = 0) -> list[dict[str, Any]]:
     """RL prompt rows (the schema of `data/prompts.py`) of one split of a synthetic task.
 
-    Arithmetic rows are domain "math" with the integer answer; countdown rows are domain "logic"
-    with the reference expression as `answer` and `meta = {"task": "countdown", "numbers", "target"}`
-    (any expression that uses the numbers at most once and evaluates to the target is correct).
+    Arithmetic and addition rows are domain "math" with the integer answer; countdown rows are
+    domain "logic" with the reference expression as `answer` and `meta = {"task": "countdown",
+    "numbers", "target"}` (any expression that uses the numbers at most once and evaluates to the
+    target is correct); instruction rows are domain "instruction" with their `instructions`.
     """
     rows = []
     for p in generate_problems(task, n_train, n_val, seed)[split]:
-        domain = "math" if p.task == "arithmetic" else "logic"
+        if p.task == "instruction":
+            rows.append({"id": p.id, "domain": "instruction", "prompt": p.question,
+                         "instructions": p.meta["instructions"], "meta": {"task": "instruction"}})
+            continue
+        domain = "math" if p.task in ("arithmetic", "addition") else "logic"
         rows.append({"id": p.id, "domain": domain, "prompt": p.question, "answer": p.answer,
                      "meta": {"task": p.task, **p.meta}})
     return rows

@@ -22,7 +22,8 @@ FAKE_STAGE = textwrap.dedent('''
     root = Path(opts["trainer.default_root_dir"])
     with open(os.environ["FAKE_CALLS"], "a") as f:
         f.write(json.dumps({"config": cfg, "root": str(root), "model": opts.get("model.init_args.model"),
-                            "resume": opts.get("ckpt_path"), "argv": argv}) + "\\n")
+                            "resume": opts.get("ckpt_path"), "argv": argv,
+                            "stage_dir_env": os.environ.get("RING_LIGHTNING_STAGE_DIR")}) + "\\n")
     name = Path(cfg).stem
     marker = root / "failed-once"
     if os.environ.get("FAKE_FAIL") == name and not marker.exists():
@@ -85,6 +86,7 @@ def test_stages_run_in_order_passing_each_export_forward(setup):
     assert "--trainer.max_steps=4" in c[0]["argv"] and "--trainer.callbacks.every_n_train_steps=2" in c[1]["argv"]
     assert f"--trainer.callbacks.dirpath={run / 'rl_general' / 'checkpoints'}" in c[2]["argv"]
     assert c[2]["argv"][-1] == "--trainer.max_steps=3"  # user overrides come after the pipeline's
+    assert [x["stage_dir_env"] for x in c] == [str(run / n) for n in ("sft", "rl_reasoning", "rl_general")]
     state = json.loads((tmp / "run" / STATE_FILE).read_text())
     assert {k: v["status"] for k, v in state["stages"].items()} == dict.fromkeys(["sft", "rl_reasoning", "rl_general"], "finished")
     assert state["final_model"] == str(run / "rl_general" / "export")
@@ -178,3 +180,68 @@ def test_rl_general_config_parses_with_its_callbacks_and_stage():
                  "ring_lightning.callbacks.token_efficiency.TokenEfficiency", "stage: general",
                  "model: /some/export", "ring_lightning.modules.c3po.C3POModule"):
         assert line in out, line
+
+
+def _stub_eval(monkeypatch):
+    """Replace the real held-out evaluation by a stub that records its calls and scores by stage."""
+    import ring_lightning.eval.heldout as heldout
+
+    calls = []
+
+    def evaluate_model(model, spec, reward=None):
+        calls.append((model, spec.seed))
+        stage = Path(model).parent.name  # <stage>/export, or sft/rl_readiness/export
+        correct = {"rl_readiness": [0, 1], "rl_reasoning": [1, 2], "rl_general": [2, 2]}[stage]
+        return {"model": model, "seconds": 0.5, "domains": {},
+                "sets": {"math": {"prompts": 2, "samples": 4, "pass@1": sum(correct) / 4, "pass@1_se": 0.25,
+                                  "pass@2": 0.5, "num_correct": correct, "num_samples": [2, 2]}}}
+
+    monkeypatch.setattr(heldout, "evaluate_model", evaluate_model)
+    return calls
+
+
+EVAL_YAML = """
+evaluation:
+  sets:
+    math: {task: addition, size: 2, task_kwargs: {split: heldout}}
+  samples_per_prompt: 2
+  k: [1, 2]
+"""
+
+
+def test_each_export_is_evaluated_once_recorded_and_reported(setup, monkeypatch):
+    tmp, yaml, calls = setup
+    yaml.write_text(yaml.read_text() + EVAL_YAML)
+    evals = _stub_eval(monkeypatch)
+    monkeypatch.setenv("FAKE_FAIL", "rl_general")
+    assert main(["-c", str(yaml)]) == 3  # the last stage fails: the first two are evaluated already
+    run = (tmp / "run").resolve()
+    models = [str(run / "sft" / "rl_readiness" / "export"), str(run / "rl_reasoning" / "export")]
+    assert [m for m, _ in evals] == models
+    state = json.loads((tmp / "run" / STATE_FILE).read_text())
+    sft_eval = state["stages"]["sft"]["eval"]
+    assert sft_eval["model"] == models[0] and sft_eval["sets"]["math"]["num_correct"] == [0, 1]
+    assert sft_eval["spec"]["samples_per_prompt"] == 2 and sft_eval["spec"]["sets"]["math"]["task"] == "addition"
+    assert json.loads((tmp / "run" / "rl_reasoning" / "heldout.json").read_text())["sets"]["math"]["pass@1"] == 0.75
+    # the re-run resumes the failed stage and evaluates only its export
+    assert main(["-c", str(yaml)]) == 0
+    assert [m for m, _ in evals] == [*models, str(run / "rl_general" / "export")]
+    report = (tmp / "run" / "report.md").read_text()
+    assert "| math (2 prompts × 2) | pass@1 | 0.250 ± 0.250 | 0.750 ± 0.250 | 1.000 ± 0.250 | +0.500 ± 0.000 | " \
+           "+0.250 ± 0.250 |" in report
+    # nothing left to do; changed evaluation settings re-evaluate every export (stages are not re-run)
+    assert main(["-c", str(yaml)]) == 0 and len(evals) == 3
+    n_stage_calls = len(calls())
+    assert main(["-c", str(yaml), "--evaluation.seed=99"]) == 0
+    assert [seed for _, seed in evals[3:]] == [99, 99, 99] and len(calls()) == n_stage_calls
+
+
+def test_evaluation_can_be_limited_to_some_stages(setup, monkeypatch):
+    tmp, yaml, _ = setup
+    yaml.write_text(yaml.read_text() + EVAL_YAML + "  stages: [sft, rl_general]\nreport: false\n")
+    evals = _stub_eval(monkeypatch)
+    assert main(["-c", str(yaml)]) == 0
+    assert [Path(m).parent.name for m, _ in evals] == ["rl_readiness", "rl_general"]
+    assert not (tmp / "run" / "report.md").exists()
+    yaml.write_text(yaml.read_text().replace("stages: [sft, rl_general]", "stages: [sft, nope]"))
+    assert main(["-c", str(yaml)]) == 1  # one-line error naming the unknown stage

@@ -34,18 +34,11 @@ def test_real_sft_then_rl_pipeline(tmp_path):
               - --data.init_args.synthetic_train_rows=100
               - --data.init_args.synthetic_val_rows=4
               - --data.init_args.micro_batch_tokens=256
-              - --trainer.callbacks+=ring_lightning.callbacks.entropy.EntropyMonitor
-              - --trainer.callbacks.synthetic_task=mixed
-              - --trainer.callbacks.synthetic_prompts=2
-              - --trainer.callbacks.synthetic_n_train=100
-              - --trainer.callbacks.max_new_tokens=8
-              - --trainer.callbacks+=ring_lightning.callbacks.rl_readiness.RLReadinessSelector
           - name: rl
             config: configs/quickstart/rl_reasoning.yaml
             checkpoint_every_n_steps: 1
             overrides:
               - --trainer.max_steps=1
-              - --trainer.logger.init_args.save_dir={tmp_path / 'logs'}
               - --model.init_args.token_budget=16
               - --model.init_args.parity=false
               - --data.init_args.prompts_per_step=2
@@ -70,6 +63,6 @@ def test_real_sft_then_rl_pipeline(tmp_path):
     final = Path(state["final_model"])
     assert (final / "config.json").is_file() and (final / "model.safetensors").is_file()
     assert json.loads((final / "ring_lightning_meta.json").read_text())["sft_tokens_seen"] == sft_tokens
-    (metrics,) = (tmp_path / "logs").rglob("metrics.csv")
+    (metrics,) = (run / "rl").rglob("metrics.csv")  # the pipeline sets RING_LIGHTNING_STAGE_DIR
     rows = [r for r in csv.DictReader(metrics.open()) if r.get("token_efficiency")]
     assert len(rows) == 1 and abs(float(rows[0]["token_efficiency"]) - 16 / sft_tokens) < 1e-6
