@@ -10,7 +10,8 @@ stages. What the pipeline adds to each stage's command line:
 
 * `--trainer.default_root_dir=<run_dir>/<stage>`, and a `ModelCheckpoint` appended to the callbacks
   (`dirpath=<run_dir>/<stage>/checkpoints`, `save_last=True`, every `checkpoint_every_n_steps`), so
-  an interrupted stage can resume with `--ckpt_path last`;
+  an interrupted stage can resume with `--ckpt_path last`; for `kind: rl` one more saving the final
+  weights at fit end (`checkpoints/end/last.ckpt`; the export takes the checkpoint of the highest step);
 * `<init_arg>=<model>` where `<model>` is the exported HF directory of the stage named by
   `init_from` (default: the previous stage), e.g. `--model.init_args.model=runs/x/sft/export`.
 
@@ -52,7 +53,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ring_lightning.eval.heldout import HeldoutEval
+from ring_lightning.eval.heldout import ExportEvaluator, HeldoutEval, summary_line
+from ring_lightning.stage_outputs import ckpt_sft_tokens, enable_kv_cache, fresh_export, latest_checkpoint
 
 STATE_FILE = "pipeline_state.json"
 META_FILE = "ring_lightning_meta.json"
@@ -132,7 +134,7 @@ class Pipeline:
         if unknown:
             raise ValueError(f"pipeline: evaluation.stages names unknown stages {unknown}; stages: {names}")
         self._t0 = time.time()
-        self._eval_reward: Any = None
+        self._evaluator: ExportEvaluator | None = None
 
     def _say(self, msg: str, err: bool = False) -> None:
         elapsed = int(time.time() - self._t0)
@@ -176,6 +178,11 @@ class Pipeline:
                # ModelCheckpoint already in the config (Lightning refuses two with the same key)
                "--trainer.callbacks.mode=max",
                f"--trainer.callbacks.every_n_train_steps={spec.checkpoint_every_n_steps}"]
+        if spec.kind == "rl":  # the final weights too, whatever max_steps is: <stage>/checkpoints/end/last.ckpt
+            cmd += ["--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+                    f"--trainer.callbacks.dirpath={d / 'checkpoints' / 'end'}", "--trainer.callbacks.save_last=true",
+                    "--trainer.callbacks.save_top_k=0", "--trainer.callbacks.every_n_epochs=1",
+                    "--trainer.callbacks.save_on_train_epoch_end=true"]
         if init_model is not None:
             cmd.append(f"{spec.init_arg}={init_model}")
         cmd += list(spec.overrides)
@@ -198,14 +205,12 @@ class Pipeline:
     # -------------------------------------------------------------------------------- run
     def run(self) -> int:
         """Run (or resume) every unfinished stage; 0 on success, the failing stage's exit code else."""
+        self._evaluator = ExportEvaluator(self.evaluation) if self.evaluation is not None else None
         try:
             return self._run()
         finally:
-            if self._eval_reward is not None:
-                from ring_lightning.eval.heldout import close_rewards
-
-                close_rewards(self._eval_reward)
-                self._eval_reward = None
+            if self._evaluator is not None:
+                self._evaluator.close()
 
     def _run(self) -> int:
         self._t0 = time.time()
@@ -263,30 +268,17 @@ class Pipeline:
     # -------------------------------------------------------------------------- evaluation
     def _evaluate(self, spec: StageSpec, rec: dict[str, Any], state: dict[str, Any]) -> None:
         """Score the stage's export on the held-out sets, unless done before with the same model and settings."""
-        ev = self.evaluation
-        if ev is None or (ev.stages is not None and spec.name not in ev.stages):
+        if self._evaluator is None or not self._evaluator.wants(spec.name):
             return
-        model, signature = rec["outputs"]["model"], ev.signature()
-        done = rec.get("eval") or {}
-        if done.get("model") == model and done.get("spec") == signature:
-            self._say(f"{spec.name}: held-out evaluation done earlier ({_eval_line(done)})")
+        model, done = rec["outputs"]["model"], rec.get("eval") or {}
+        if self._evaluator.is_done(done, model):
+            self._say(f"{spec.name}: held-out evaluation done earlier ({summary_line(done)})")
             return
-        from ring_lightning.eval.heldout import evaluate_model
-
-        self._say(f"{spec.name}: held-out evaluation of {model} ({', '.join(ev.sets)}; "
-                  f"{ev.samples_per_prompt} samples per prompt, temperature {ev.temperature})")
-        if self._eval_reward is None:  # one router (and math-verify worker pool) for every evaluation
-            from ring_lightning.rewards.router import RewardRouter
-
-            self._eval_reward = RewardRouter()
-        result = {**evaluate_model(model, ev, reward=self._eval_reward), "spec": signature}
-        out = self.stage_dir(spec) / "heldout.json"
-        tmp = out.with_name(f".tmp-{out.name}")
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
-        os.replace(tmp, out)
-        rec["eval"] = result
+        self._say(f"{spec.name}: held-out evaluation of {model} ({self._evaluator.describe()})")
+        rec["eval"] = self._evaluator.evaluate(model, self.stage_dir(spec) / "heldout.json")
         self.save_state(state)
-        self._say(f"{spec.name}: held-out evaluation finished in {result['seconds']:.0f} s: {_eval_line(result)}")
+        self._say(f"{spec.name}: held-out evaluation finished in {rec['eval']['seconds']:.0f} s: "
+                  f"{summary_line(rec['eval'])}")
 
     def _spawn(self, cmd: list[str], stage_dir: Path) -> int:
         env = {**os.environ, **self.env, STAGE_DIR_ENV: str(stage_dir.resolve())}
@@ -315,22 +307,23 @@ class Pipeline:
             ckpt, sft_tokens = chosen.get("path"), chosen.get("sft_tokens")
             if decision.get("exported_to") and (Path(decision["exported_to"]) / "config.json").is_file():
                 export = Path(decision["exported_to"])
-            elif not _fresh_export(export, started):
+            elif not fresh_export(export, started):
                 self._export(ckpt, export, spec)
             out = {"model": str(export.resolve()), "checkpoint": ckpt, "readiness": str(path),
                    "chosen_step": chosen.get("step"), "entropy": chosen.get("entropy"),
                    "fallback": decision.get("fallback")}
         else:
-            ckpt = str(d / "checkpoints" / "last.ckpt")
+            ckpt = latest_checkpoint([d / "checkpoints" / "end" / "last.ckpt", d / "checkpoints" / "last.ckpt"])
             sft_tokens = None
-            if not _fresh_export(export, started):
+            if not fresh_export(export, started):
                 if not Path(ckpt).is_file():
                     raise FileNotFoundError(f"pipeline: RL stage {spec.name!r} finished without {ckpt}; did its config "
                                             "disable checkpointing?")
                 self._export(ckpt, export, spec)
             if Path(ckpt).is_file():
-                sft_tokens = _ckpt_sft_tokens(ckpt)
+                sft_tokens = ckpt_sft_tokens(ckpt)
             out = {"model": str(export.resolve()), "checkpoint": ckpt if Path(ckpt).is_file() else None}
+        enable_kv_cache(export)
         if sft_tokens:
             meta = export / META_FILE
             if not meta.exists():
@@ -347,25 +340,6 @@ class Pipeline:
             raise FileNotFoundError(f"pipeline: stage {spec.name!r}: checkpoint to export not found: {ckpt}")
         self._say(f"{spec.name}: exporting {ckpt} -> {out}")
         export_checkpoint(ckpt, out, module_cls=spec.module_cls or DEFAULT_MODULES[spec.kind], overwrite=True)
-
-
-def _eval_line(result: dict[str, Any]) -> str:
-    return ", ".join(f"{name} pass@1 {r['pass@1']:.3f} ± {r['pass@1_se']:.3f}" for name, r in result["sets"].items())
-
-
-def _fresh_export(export: Path, started: float) -> bool:
-    """An HF directory the stage wrote itself during this attempt."""
-    cfg = export / "config.json"
-    return cfg.is_file() and cfg.stat().st_mtime >= started - 1.0
-
-
-def _ckpt_sft_tokens(ckpt: str) -> int | None:
-    """The SFT token count an RL checkpoint carries (C3POModule's `c3po.sft_tokens`)."""
-    import torch
-
-    data = torch.load(ckpt, map_location="cpu", weights_only=False)  # trusted: this pipeline's own checkpoint
-    value = (data.get("c3po") or {}).get("sft_tokens")
-    return int(value) if value else None
 
 
 def build_parser():

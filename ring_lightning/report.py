@@ -10,7 +10,7 @@ several samples. This file draws those from what a `pipeline` run leaves behind:
 * each stage's CSV logs, `<run_dir>/<stage>/**/metrics.csv` (Lightning's CSVLogger; a resumed
   stage writes a new `version_N`, later versions override the same steps).
 
-Curves (x = optimizer steps, stages laid end to end, boundaries marked): reward (RL `reward/mean`
+Curves (one panel per stage, in order: the panel borders are the stage boundaries): reward (RL `reward/mean`
 and per domain; SFT: EntropyMonitor's held-out `sft/pass@1`), entropy (`train/entropy`,
 `sft/entropy`), response length (`rollout/response_length_mean`, `sft/response_length`), tokens per
 step (`train/loss_tokens`) and training loss. A curve with no data in any stage is left out.
@@ -85,7 +85,8 @@ def _series(metrics: Mapping[int, Mapping[str, float]], key: str) -> tuple[list[
 
 
 def plot_curves(stages: Sequence[tuple[str, Mapping[int, Mapping[str, float]]]], out_dir: str | Path) -> list[Path]:
-    """One PNG per `PLOTS` entry with data; stages laid end to end on the x axis, boundaries marked."""
+    """One PNG per `PLOTS` entry with data: one panel per stage, in order, on a shared y axis (the
+    panel borders mark the stage boundaries; each x axis counts that stage's optimizer steps)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -93,38 +94,31 @@ def plot_curves(stages: Sequence[tuple[str, Mapping[int, Mapping[str, float]]]],
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    offsets, start = [], 0
-    for _, metrics in stages:
-        offsets.append(start)
-        start += (max(metrics) + 1) if metrics else 0
     written = []
     for filename, (title, ylabel, curves) in PLOTS.items():
-        fig, ax = plt.subplots(figsize=(8, 4))
-        drawn = False
-        for metric, label, style in curves:
-            xs, ys = [], []
-            for (_, metrics), off in zip(stages, offsets):
-                s, v = _series(metrics, metric)
-                xs += [x + off for x in s]
-                ys += v
-            if not xs:
-                continue
-            drawn = True
-            if style == "points":
-                ax.plot(xs, ys, "o--", ms=4, lw=0.8, label=label)
-            else:
-                ax.plot(xs, ys, lw=1.2, label=label)
-        if not drawn:
-            plt.close(fig)
+        present = [(m, label, style) for m, label, style in curves
+                   if any(_series(metrics, m)[0] for _, metrics in stages)]
+        if not present:
             continue
-        for (name, _), off in zip(stages, offsets):
-            ax.axvline(off, color="grey", ls=":", lw=1)
-            ax.text(off, 1.0, f" {name}", transform=ax.get_xaxis_transform(), va="bottom", fontsize=8)
-        ax.set_xlabel("optimizer step (stages end to end)")
-        ax.set_ylabel(ylabel)
-        ax.set_title(title, pad=14)
-        ax.legend(fontsize=7, loc="best")
-        fig.tight_layout()
+        fig, axes = plt.subplots(1, len(stages), figsize=(3.6 * len(stages) + 1, 3.8), sharey=True, squeeze=False)
+        colors = {m: f"C{i}" for i, (m, _, _) in enumerate(present)}
+        handles = {}
+        for ax, (name, metrics) in zip(axes[0], stages):
+            for metric, label, style in present:
+                xs, ys = _series(metrics, metric)
+                if not xs:
+                    continue
+                fmt = dict(marker="o", ms=4, ls="--", lw=0.8) if style == "points" else dict(lw=1.2)
+                (line,) = ax.plot(xs, ys, color=colors[metric], label=label, **fmt)
+                handles.setdefault(label, line)
+            ax.set_title(name, fontsize=10)
+            ax.set_xlabel("optimizer step")
+            ax.grid(alpha=0.3)
+        axes[0][0].set_ylabel(ylabel)
+        fig.suptitle(title)
+        fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=min(len(handles), 3), fontsize=8,
+                   frameon=False)
+        fig.tight_layout(rect=(0, 0.1 if len(handles) <= 3 else 0.16, 1, 1))
         path = out_dir / filename
         fig.savefig(path, dpi=90)
         plt.close(fig)
@@ -156,7 +150,7 @@ def heldout_table(evals: Sequence[tuple[str, Mapping[str, Any] | None]]) -> list
         return e["sets"].get(s) if d is None else e.get("domains", {}).get(s, {}).get(d)
 
     pairs = list(zip(names, names[1:]))
-    head = ["held-out set", "metric", *[f"after {n}" for n in names], *[f"{b} → {a}" for a, b in pairs]]
+    head = ["held-out set", "metric", *[f"after {n}" for n in names], *[f"{a} → {b}" for a, b in pairs]]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for s, d in keys:
         label = s if d is None else f"{s} / {d}"
@@ -193,7 +187,7 @@ def _stage_rows(state: Mapping[str, Any], order: Sequence[str], metrics: Mapping
         if out.get("chosen_step") is not None:
             note += f" (SFT checkpoint of step {out['chosen_step']}, entropy {_fmt(out.get('entropy'))}"
             note += ", fallback: outside the band)" if out.get("fallback") else ")"
-        steps = max(metrics.get(name) or {0: None}) if metrics.get(name) else "–"
+        steps = max(metrics[name]) + 1 if metrics.get(name) else "–"  # CSVLogger steps count from 0
         lines.append(f"| {name} | {rec.get('status', 'pending')} | {rec.get('attempts', 0)} | {steps} | "
                      f"{_fmt(wall, 0) + ' s' if wall is not None else '–'} | "
                      f"{_fmt(ev.get('seconds'), 0) + ' s' if ev.get('seconds') is not None else '–'} | {note} |")

@@ -12,13 +12,13 @@ generated tasks of the same shape:
   response tries the construction step by step and ends with ``\\boxed{(25 - 5) * 3}``.
 * ``mixed``: alternates the two.
 * ``addition``: the sum of three digits 1-9, ``Compute 4 + 3 + 1.``, reasoned as running sums
-  (``4 + 3 = 7.`` / ``7 + 1 = 8.``) — except that in `QUICK_GUESS_RATE` (half) of the traces the
-  "teacher" skips the reasoning (``<think>Quick guess.</think>``) and states a guess that is off by
-  1-3. Distilled long-CoT data is imperfect in the same
-  way (answers without, or inconsistent with, the reasoning). An SFT'd model inherits the habit:
-  at temperature 1 it guesses on about half of the problems; reasoning RL, rewarded only for correct answers,
-  learns to reason every time — held-out pass@1 and response length both rise, the dynamics
-  Ring-lite reports for reasoning RL. The gold answer (`answer`) is always the true sum; the
+  (``4 + 3 = 7.`` / ``7 + 1 = 8.``) — except that in `QUICK_GUESS_RATE` (30%) of the traces the
+  "teacher" skips the reasoning (``<think>Quick guess.</think>``) and states a guess that is off
+  by 1-3. Distilled long-CoT data is imperfect in the same way (answers without, or inconsistent
+  with, the reasoning). An SFT'd model inherits the habit: at temperature 1 it guesses on about a
+  quarter of the problems (measured: right ~20% of the time, against ~70% with reasoning); reasoning
+  RL, rewarded only for correct answers, learns to reason every time — held-out pass@1 and response
+  length both rise, the dynamics Ring-lite reports for reasoning RL. The gold answer (`answer`) is always the true sum; the
   trace's stated answer is `meta["stated_answer"]` when it differs.
 * ``instruction``: IFEval-style prompts (lowercase / word limit / no comma) answered by a short
   sentence that complies only by chance (`data/synthetic_instruction.py`), the start of general RL.
@@ -47,7 +47,7 @@ TASKS = ("arithmetic", "countdown", "mixed", "addition", "instruction", "quickst
 PARTITIONED_TASKS = ("addition", "instruction", "quickstart")  # held-out partition, see module docstring
 HELDOUT_MODULUS = 7
 QUICK_GUESS = "Quick guess."
-QUICK_GUESS_RATE = 0.5  # share of addition traces that guess instead of reasoning (module docstring)
+QUICK_GUESS_RATE = 0.3  # share of addition traces that guess instead of reasoning (module docstring)
 Split = Literal["train", "val"]
 
 ARITHMETIC_PROMPT = "Compute {expr}. Think step by step and put the final answer in \\boxed{{}}."
@@ -233,5 +233,5 @@ def prompt_rows(task: str, split: Split, n_train: int, n_val: int, seed: int = 0
             continue
         domain = "math" if p.task in ("arithmetic", "addition") else "logic"
         rows.append({"id": p.id, "domain": domain, "prompt": p.question, "answer": p.answer,
-                     "meta": {"task": p.task, **p.meta}})
+                     "meta": {"task": p.task, **{k: v for k, v in p.meta.items() if k != "stated_answer"}}})
     return rows

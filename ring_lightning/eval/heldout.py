@@ -26,8 +26,11 @@ What the report leaves open, and what we chose:
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import time
+from pathlib import Path
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -155,6 +158,10 @@ def _engine(spec: HeldoutEval, model_dir: str):
     from ring_lightning.rollout.hf_engine import HFEngine
 
     engine = HFEngine(model_dir, **spec.engine_kwargs)
+    # An RL checkpoint may carry use_cache=False from training; sampling with the KV cache is the same
+    # distribution, and far faster (transformers' generate takes the model's generation_config value).
+    engine.model.config.use_cache = True
+    engine.model.generation_config.use_cache = True
     return engine, engine.tokenizer
 
 
@@ -207,3 +214,50 @@ def close_rewards(reward: Any) -> None:
         close = getattr(r, "close", None)
         if callable(close):
             close()
+
+
+def summary_line(result: Mapping[str, Any]) -> str:
+    """One line: pass@1 ± SE per set."""
+    return ", ".join(f"{name} pass@1 {r['pass@1']:.3f} ± {r['pass@1_se']:.3f}" for name, r in result["sets"].items())
+
+
+class ExportEvaluator:
+    """The pipeline's evaluation of stage exports: one reward router (and math-verify worker pool) for
+    every evaluation, results stamped with the settings (`spec`) so unchanged ones are not redone.
+
+    Args:
+        spec: what to evaluate and how.
+    """
+
+    def __init__(self, spec: HeldoutEval) -> None:
+        self.spec = spec
+        self.reward: Reward | None = None
+
+    def wants(self, stage: str) -> bool:
+        return self.spec.stages is None or stage in self.spec.stages
+
+    def is_done(self, previous: Mapping[str, Any], model: str) -> bool:
+        """`previous` (a stored result) scored this model with these settings."""
+        return previous.get("model") == model and previous.get("spec") == self.spec.signature()
+
+    def describe(self) -> str:
+        return (f"{', '.join(self.spec.sets)}; {self.spec.samples_per_prompt} samples per prompt, temperature "
+                f"{self.spec.temperature}")
+
+    def evaluate(self, model: str, out: str | Path) -> dict[str, Any]:
+        """`evaluate_model` + the settings, also written (atomically) to `out` as JSON."""
+        if self.reward is None:
+            from ring_lightning.rewards.router import RewardRouter
+
+            self.reward = RewardRouter()
+        result = {**evaluate_model(model, self.spec, reward=self.reward), "spec": self.spec.signature()}
+        out = Path(out)
+        tmp = out.with_name(f".tmp-{out.name}")
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
+        os.replace(tmp, out)
+        return result
+
+    def close(self) -> None:
+        if self.reward is not None:
+            close_rewards(self.reward)
+            self.reward = None

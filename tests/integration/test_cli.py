@@ -67,7 +67,7 @@ def test_config_files_compose_and_dotted_overrides_win(tmp_path):
     assert config["model"]["class_path"] == "ring_lightning.modules.sft.SFTModule"
     assert config["model"]["init_args"]["lr"] == 0.125  # command line beats both files
     assert config["model"]["init_args"]["weight_decay"] == 0.05  # second file beats first
-    assert config["model"]["init_args"]["model"] == "bailing-tiny"  # first file kept where not overridden
+    assert config["model"]["init_args"]["model"] == "bailing-quickstart"  # first file kept where not overridden
     assert config["data"]["init_args"]["micro_batch_tokens"] == 512
     assert config["trainer"]["max_steps"] == 7
     assert config["trainer"]["accelerator"] == "cpu"

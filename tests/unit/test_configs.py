@@ -66,9 +66,38 @@ def test_quickstart_sft_is_a_tiny_cpu_run_on_synthetic_data(monkeypatch):
     monkeypatch.chdir(REPO)
     config = print_config(REPO / "configs" / "quickstart" / "sft.yaml")
     assert config["trainer"]["accelerator"] == "cpu" and config["trainer"]["max_steps"] <= 500
-    assert config["model"]["init_args"]["model"] == "bailing-tiny"
+    assert config["model"]["init_args"]["model"] == "bailing-quickstart"
     data = config["data"]["init_args"]
     assert data["train"][0].startswith("synthetic:") and data["val"][0].startswith("synthetic:")
+
+
+def _callbacks(config: dict) -> dict[str, dict]:
+    return {cb["class_path"].rsplit(".", 1)[1]: cb.get("init_args", {}) for cb in config["trainer"]["callbacks"]}
+
+
+def test_quickstart_sft_alone_selects_and_exports_the_rl_start(monkeypatch):
+    """`fit -c sft.yaml` by itself measures entropy, keeps candidates, picks one and exports it."""
+    monkeypatch.chdir(REPO)
+    monkeypatch.delenv("RING_LIGHTNING_STAGE_DIR", raising=False)
+    config = print_config(REPO / "configs" / "quickstart" / "sft.yaml")
+    cbs = _callbacks(config)
+    assert cbs["EntropyMonitor"]["synthetic_task"] == "addition" and cbs["EntropyMonitor"]["reward"]
+    sel = cbs["RLReadinessSelector"]
+    assert sel["entropy_key"] == "sft/entropy" and sel["accuracy_key"] == "sft/pass@1"
+    assert sel["export_dir"] == "runs/quickstart/sft/export"
+    # the pipeline appends its own ModelCheckpoint: the config's must differ (Lightning state keys)
+    assert cbs["ModelCheckpoint"]["every_n_train_steps"] != 50
+
+
+@pytest.mark.parametrize("name", ["sft", "rl_reasoning", "rl_general"])
+def test_quickstart_stages_log_csv_and_tensorboard_under_the_stage_dir(name, monkeypatch):
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("RING_LIGHTNING_STAGE_DIR", "/tmp/stage-x")
+    config = print_config(REPO / "configs" / "quickstart" / f"{name}.yaml")
+    loggers = {lg["class_path"].rsplit(".", 1)[1]: lg["init_args"] for lg in config["trainer"]["logger"]}
+    assert set(loggers) == {"CSVLogger", "TensorBoardLogger"}
+    assert {lg["save_dir"] for lg in loggers.values()} == {"/tmp/stage-x"}
+    assert config["trainer"]["enable_progress_bar"] is True
 
 
 def test_ring_lite_2507_sft_has_the_reported_hyper_parameters(monkeypatch):

@@ -77,8 +77,9 @@ def test_report_has_stage_and_heldout_tables_and_plots(run):
     out = build_report(run)
     text = out.read_text()
     assert out == run / "report.md"
-    assert "| sft | finished | 1 | 9 | 80 s | 12 s | /x/sft/export (SFT checkpoint of step 9, entropy 0.400) |" in text
-    assert "| rl_reasoning | finished | 2 | 7 |" in text
+    assert "| sft → rl_reasoning | rl_reasoning → rl_general |" in text
+    assert "| sft | finished | 1 | 10 | 80 s | 12 s | /x/sft/export (SFT checkpoint of step 9, entropy 0.400) |" in text
+    assert "| rl_reasoning | finished | 2 | 8 |" in text
     # pass@1 ± SE per stage, then paired changes: math 0.25 -> 0.5625 -> 0.625
     assert "| math (4 prompts × 4) | pass@1 | 0.250 ± 0.102 | 0.562 ± 0.062 | 0.625 ± 0.072 | +0.312 ± 0.120 | " \
            "+0.062 ± 0.062 |" in text
