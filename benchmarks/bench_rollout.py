@@ -12,12 +12,13 @@ sensitive to other processes on a shared machine). A sync is timed after perturb
 (median of 3). Prints a table with the vLLM/HF ratios, seconds per sync and the sync's share of one
 rollout+sync step.
 
-Run: python benchmarks/bench_rollout.py [--settings tiny mid] [--threads N] [--reps R]
+Run: python benchmarks/bench_rollout.py [--settings tiny mid] [--threads N] [--reps R] [--vllm-kwargs JSON]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -100,10 +101,14 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads (trainer side)")
     ap.add_argument("--hf-batch", type=int, default=128, help="HFEngine max_batch_size")
     ap.add_argument("--reps", type=int, default=2, help="timed generate calls per engine (alternating)")
+    ap.add_argument("--vllm-kwargs", type=json.loads, default={},
+                    help='extra VLLMEngine arguments as JSON, e.g. \'{"enforce_eager": false}\' (torch.compile on CPU)')
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    results = [run(name, SETTINGS[name], args.hf_batch, args.reps) for name in args.settings]
-    print(f"\ntorch threads={args.threads}  cpus={os.cpu_count()}  load average={os.getloadavg()[0]:.1f}  "
+    results = [run(name, {**SETTINGS[name], "engine_kwargs": {**SETTINGS[name].get("engine_kwargs", {}), **args.vllm_kwargs}},
+                   args.hf_batch, args.reps) for name in args.settings]
+    print(f"\nVLLMEngine extra kwargs: {args.vllm_kwargs or 'none'}")
+    print(f"torch threads={args.threads}  cpus={os.cpu_count()}  load average={os.getloadavg()[0]:.1f}  "
           f"reps={args.reps} (medians)")
     head = (f"{'setting':9} {'params':>7} {'HF tok/s':>9} {'vLLM tok/s':>10} {'ratio':>6} {'HF tok/cpu-s':>12} "
             f"{'vLLM tok/cpu-s':>14} {'ratio':>6} {'start s':>7} {'sync s':>6} {'sync MB':>7} {'sync/step':>9}")
