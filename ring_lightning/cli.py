@@ -35,7 +35,7 @@ from typing import Any
 
 from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import ModelParallelStrategy
@@ -110,6 +110,14 @@ class RingLightningCLI(LightningCLI):
         _substitute(trainer.get("strategy"))
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        trainer_cfg = self._get(self.config_init, "trainer", default={})
+        if trainer_cfg.get("enable_progress_bar") is not False and "callbacks" not in kwargs:
+            callbacks = trainer_cfg.get("callbacks")
+            callbacks = [] if callbacks is None else list(callbacks) if isinstance(callbacks, list) else [callbacks]
+            if not any(isinstance(c, ProgressBar) for c in callbacks):  # ours: "Epoch 0", not "Epoch 0/-2"
+                from ring_lightning.callbacks.progress import default_progress_bar
+
+                kwargs["callbacks"] = [*callbacks, default_progress_bar()]
         if self._get(self.config, ATOMIC_KEY, True) and "plugins" not in kwargs:
             from ring_lightning.checkpointing import AtomicCheckpointIO
 

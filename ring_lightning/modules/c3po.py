@@ -44,7 +44,7 @@ One Lightning batch is one optimizer step (manual optimisation):
    module's `val_sources` / `test_sources`, sampled by the engine and scored by the training reward
    (`eval/rollout_eval.py`): `val/pass@1` (mean over n samples), `val/pass@k`, `val/<domain>/pass@1`.
    The engine is first synced when its weight version is not ours or a checkpoint was loaded since
-   (`validate --ckpt_path` restores weights after the engine may exist).
+   (`validate --ckpt_path` restores weights after the engine may exist); hooks in `modules/c3po_eval.py`.
 9. Exact resume: checkpoints also hold the RNG states (restored just before the first resumed step)
    and the guard's counters; the data module's state holds stream position, stage, carried responses.
 
@@ -67,10 +67,11 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from ring_lightning.data.rollout_stats import all_reduce_max_int
 from ring_lightning.data.rollouts import BudgetSpec, RolloutDataModule
-from ring_lightning.eval.rollout_eval import EvalBatch, RolloutEvaluator
+from ring_lightning.eval.rollout_eval import RolloutEvaluator
 from ring_lightning.models.loading import build_config, load_policy, load_tokenizer, to_dtype
 from ring_lightning.models.router_losses import num_experts, router_aux_losses
 from ring_lightning.modules import c3po_steps as steps
+from ring_lightning.modules.c3po_eval import RolloutEvalHooks
 from ring_lightning.modules.c3po_export import export_policy, read_sft_tokens
 from ring_lightning.modules.nonfinite import NonFiniteGuard
 from ring_lightning.modules.optim import decay_groups, default_adamw
@@ -80,7 +81,7 @@ from ring_lightning.rl.losses import policy_loss, token_logprobs_and_entropy
 from ring_lightning.rollout.parity import SyncParityProbe
 
 
-class C3POModule(L.LightningModule):
+class C3POModule(RolloutEvalHooks, L.LightningModule):
     """C3PO (or plain GRPO) RL on `RolloutDataModule` rollouts.
 
     Args:
@@ -382,43 +383,6 @@ class C3POModule(L.LightningModule):
             w = self.warmup_steps
             scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / w) if w else 1.0)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-    # ---------------------------------------------------------------------- held-out evaluation
-    def _eval_start(self) -> None:
-        """The engine must hold this module's current weights (see module docstring, 8)."""
-        dm = self._rollout_dm()
-        if not dm.bound:
-            self._bind(dm)
-        elif self._weights_loaded or dm.weight_version != self.engine_weight_version:
-            dm.sync_weights(steps.named_weights(self.policy), self.engine_weight_version)
-            self._weights_loaded = False
-        self._evaluator = [dm.make_evaluator().to(self.device)]
-
-    def on_validation_start(self) -> None:
-        self._eval_start()
-
-    def on_test_start(self) -> None:
-        self._eval_start()
-
-    def validation_step(self, batch: EvalBatch, batch_idx: int) -> None:
-        dm = self._rollout_dm()
-        with dm.exclusive_engine() as engine:
-            self._evaluator[0].step(engine, self.tokenizer, batch, dm.eval_reward(), batch_idx=batch_idx,
-                                    rank=self._dp()[0])
-
-    def test_step(self, batch: EvalBatch, batch_idx: int) -> None:
-        self.validation_step(batch, batch_idx)
-
-    def _eval_end(self, prefix: str) -> None:
-        if self._evaluator:  # synced over ranks by the torchmetrics Metrics
-            results = self._evaluator.pop().results(prefix)
-            self.log_dict(results, batch_size=1)
-
-    def on_validation_epoch_end(self) -> None:
-        self._eval_end("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._eval_end("test")
 
     # ---------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -188,3 +188,32 @@ def test_fit_writes_checkpoints_atomically_by_default(monkeypatch):
     plain = trainer("--atomic_checkpoints=false")
     assert type(plain.strategy.checkpoint_io) is TorchCheckpointIO
     assert [type(c) for c in plain.callbacks if isinstance(c, ModelCheckpoint)] == [ModelCheckpoint]
+
+
+def test_progress_bar_reads_epoch_without_the_minus_two_of_step_limited_runs(monkeypatch):
+    from lightning.pytorch.callbacks import ProgressBar, RichProgressBar, TQDMProgressBar
+
+    from ring_lightning.callbacks.progress import StepProgressBar
+
+    monkeypatch.chdir(REPO)
+    base = ["-c", str(QUICKSTART), "--trainer.logger=false"]
+
+    def bars(*extra: str):
+        trainer = cli.RingLightningCLI(args=[*base, *extra], run=False).trainer
+        return trainer, [c for c in trainer.callbacks if isinstance(c, ProgressBar)]
+
+    trainer, found = bars()  # sft.yaml: max_steps only
+    assert [type(c) for c in found] == [StepProgressBar]
+    trainer.fit_loop.max_epochs = -1  # what `fit` sets when only max_steps limits the run
+    found[0]._trainer = trainer  # set by `fit` (setup)
+    assert found[0]._get_train_description(0).strip() == "Epoch 0"
+    lightning_bar = RichProgressBar()
+    lightning_bar._trainer = trainer
+    assert lightning_bar._get_train_description(0).strip() == "Epoch 0/-2"  # what ours avoids
+    trainer, found = bars("--trainer.max_epochs=3")
+    found[0]._trainer = trainer
+    assert found[0]._get_train_description(1).strip() == "Epoch 1/2"  # an epoch limit is shown as Lightning does
+    _, found = bars("--trainer.callbacks+=lightning.pytorch.callbacks.TQDMProgressBar")
+    assert [type(c) for c in found] == [TQDMProgressBar]  # the user's own bar is kept, none added
+    trainer, found = bars("--trainer.enable_progress_bar=false")
+    assert found == [] and trainer.progress_bar_callback is None
