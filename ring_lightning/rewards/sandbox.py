@@ -338,6 +338,8 @@ class Sandbox:
                 proc.wait()
             if iso == "process" and self.is_root:
                 self._killall(stage, uid)
+            if self.is_root:  # SIGKILLed processes may still be exiting (large buffers, a loaded host)
+                _wait_uid_gone(uid)
             shutil.rmtree(stage, ignore_errors=True)
             with _uid_lock:
                 _uids_in_use.discard(uid)
@@ -359,3 +361,28 @@ class Sandbox:
             subprocess.run([os.path.realpath(sys.executable), "-I", "-S", str(INIT_SCRIPT), str(launch), "--killall"],
                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                            env={"PATH": SANDBOX_PATH}, timeout=30)
+
+
+def _uid_alive(uid: int) -> bool:
+    """Whether a process (not a zombie) of `uid` is alive, from /proc (ids as this namespace sees them)."""
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/status") as f:
+                status = f.read()
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        if int(fields.get("Uid", "0").split()[0]) == uid and not fields.get("State", "").strip().startswith("Z"):
+            return True
+    return False
+
+
+def _wait_uid_gone(uid: int, timeout_s: float = 5.0) -> None:
+    """After the kill: wait (bounded) until no process of the run's private uid is alive, so that `run`
+    returns only when the program and everything it started have exited (the kernel may take a moment
+    to tear down a SIGKILLed process; a run's uid is never reused while its processes live)."""
+    deadline = time.monotonic() + timeout_s
+    while _uid_alive(uid) and time.monotonic() < deadline:
+        time.sleep(0.005)

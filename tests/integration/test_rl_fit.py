@@ -68,6 +68,10 @@ def test_quickstart_rl_fit_trains_exactly_phi_tokens_per_step(sft_export, tmp_pa
     ckpt = torch.load(next(tmp_path.rglob("last.ckpt")), weights_only=False)
     assert ckpt["c3po"]["rl_tokens_trained"] == 3 * PHI and ckpt["c3po"]["engine_weight_version"] == 3
     assert ckpt["RolloutDataModule"]["stage"] == "reasoning"
+    export = tmp_path / "export"  # the config's FitEndExport, under RING_LIGHTNING_STAGE_DIR: the next stage's model
+    meta = json.loads((export / "ring_lightning_meta.json").read_text())
+    assert meta["rl_tokens_trained"] == 3 * PHI and meta["sft_tokens_seen"] == sft_tokens
+    assert (export / "config.json").is_file() and (export / "model.safetensors").is_file()
 
 
 @pytest.mark.parametrize("config", ["configs/quickstart/rl_reasoning.yaml", "configs/ring_lite_2507/rl_reasoning.yaml"])
