@@ -259,7 +259,7 @@ class Sandbox:
         stage = Path(tempfile.mkdtemp(prefix="rl-sandbox-", dir=self.workdir_root or None))
         uid = self._alloc_uid() if self.is_root else os.getuid()
         chan_r = chan_w = status_r = None
-        proc = None
+        proc, out = None, None
         try:
             work = stage / "work"
             work.mkdir(mode=0o700)
@@ -333,12 +333,17 @@ class Sandbox:
             for fd in (chan_r, chan_w, status_r):
                 if fd is not None:
                     os.close(fd)
-            if proc is not None and proc.poll() is None:
+            killed = proc is not None and proc.poll() is None
+            if killed:
                 self._kill(proc)
                 proc.wait()
             if iso == "process" and self.is_root:
                 self._killall(stage, uid)
-            if self.is_root:  # SIGKILLed processes may still be exiting (large buffers, a loaded host)
+            # SIGKILLed processes may still be exiting (large buffers, a loaded host): return only once
+            # they are gone. A namespace whose init exited by itself is already empty (the kernel reaps
+            # the namespace before the init's parent sees it exit), so that common case skips the scan.
+            if self.is_root and (iso == "process" or killed or out is None
+                                 or out["timed_out"] or out["truncated"] or out["stopped"]):
                 _wait_uid_gone(uid)
             shutil.rmtree(stage, ignore_errors=True)
             with _uid_lock:
