@@ -121,10 +121,9 @@ class RingLightningCLI(LightningCLI):
         if self._get(self.config, ATOMIC_KEY, True) and "plugins" not in kwargs:
             from ring_lightning.checkpointing import AtomicCheckpointIO
 
-            trainer = self._get(self.config_init, "trainer", default={})
-            plugins = trainer.get("plugins")
+            plugins = trainer_cfg.get("plugins")
             plugins = [] if plugins is None else list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
-            strategy_io = getattr(trainer.get("strategy"), "_checkpoint_io", None)
+            strategy_io = getattr(trainer_cfg.get("strategy"), "_checkpoint_io", None)
             if strategy_io is None and not any(isinstance(p, CheckpointIO) for p in plugins):
                 kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
         return super().instantiate_trainer(**kwargs)

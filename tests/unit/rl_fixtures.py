@@ -46,12 +46,16 @@ class FakeEngine:
         for p in prompts:
             group = []
             for j in range(n):
-                rng = random.Random(f"{sampling.seed}-{p}-{j}")
+                rng = random.Random(self._seed_key(sampling.seed, p, j))
                 toks = tuple(rng.randint(3, 200) for _ in range(rng.randint(self.min_len, self.max_len)))
                 lps = tuple(self.logprob if self.logprob is not None else -0.5 - 0.01 * k for k in range(len(toks)))
                 group.append(Completion(toks, lps, " ".join(map(str, toks)), "stop"))
             out.append(group)
         return out
+
+    def _seed_key(self, seed, prompt, j) -> str:
+        """What sample `j` of `prompt` is drawn from."""
+        return f"{seed}-{prompt}-{j}"
 
     def update_weights(self, named_tensors):
         self.weights = checksum(list(named_tensors))
@@ -111,17 +115,8 @@ class WeightEngine(FakeEngine):
         super().update_weights(named_tensors)
         self.syncs += 1
 
-    def generate(self, prompts, n, sampling):
-        self.generated.append((self.version, self.weights))
-        out = []
-        for p in prompts:
-            group = []
-            for j in range(n):
-                rng = random.Random(f"{sampling.seed}-{p}-{j}-{self.weights:.9e}")
-                toks = tuple(rng.randint(3, 200) for _ in range(rng.randint(self.min_len, self.max_len)))
-                group.append(Completion(toks, tuple(self.logprob for _ in toks), " ".join(map(str, toks)), "stop"))
-            out.append(group)
-        return out
+    def _seed_key(self, seed, prompt, j) -> str:
+        return f"{seed}-{prompt}-{j}-{self.weights:.9e}"
 
 
 class ListLogger(Logger):

@@ -15,20 +15,7 @@ from ring_lightning.data.rollouts import RolloutDataModule
 from ring_lightning.models.loading import load_policy
 from ring_lightning.modules.c3po import C3POModule
 from ring_lightning.rewards.base import RewardResult
-from ring_lightning.rollout.engine import Completion
-
-
-class Engine:
-    def generate(self, prompts, n, sampling):
-        return [[Completion(tuple(range(3, 9)), (-2.0,) * 6, "x", "stop") for _ in range(n)] for _ in prompts]
-
-    def update_weights(self, named_tensors):
-        for _ in named_tensors:
-            pass
-
-    def sleep(self): ...
-    def wake(self): ...
-    def close(self): ...
+from unit.rl_fixtures import FakeEngine
 
 
 def alternating(rows, texts):
@@ -51,7 +38,7 @@ def start(tmp_path_factory):
 
 
 def fit(start, export, steps=2, extra=()):
-    dm = RolloutDataModule(sources={"math": PromptSource(task="arithmetic_steps", size=16)}, engine=Engine(),
+    dm = RolloutDataModule(sources={"math": PromptSource(task="arithmetic_steps", size=16)}, engine=FakeEngine(),
                            reward=alternating, prompts_per_step=2, samples_per_prompt=2, max_response_tokens=8)
     module = C3POModule(model=str(start), token_budget=10, kl_coef=0.0, parity=False, lr=1e-2)
     trainer = L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,

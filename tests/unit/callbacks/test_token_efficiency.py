@@ -15,7 +15,7 @@ from ring_lightning.data.rollouts import RolloutDataModule
 from ring_lightning.models.loading import load_policy
 from ring_lightning.modules.c3po import C3POModule
 from ring_lightning.rewards.base import RewardResult
-from ring_lightning.rollout.engine import Completion
+from unit.rl_fixtures import FakeEngine
 
 
 def test_read_sft_tokens_from_each_kind_of_source(tmp_path):
@@ -33,19 +33,6 @@ def test_read_sft_tokens_from_each_kind_of_source(tmp_path):
         read_sft_tokens(tmp_path / "nowhere")
 
 
-class Engine:
-    def generate(self, prompts, n, sampling):
-        return [[Completion(tuple(range(3, 9)), (-2.0,) * 6, "x", "stop") for _ in range(n)] for _ in prompts]
-
-    def update_weights(self, named_tensors):
-        for _ in named_tensors:
-            pass
-
-    def sleep(self): ...
-    def wake(self): ...
-    def close(self): ...
-
-
 def alternating(rows, texts):
     return [RewardResult(float(i % 2)) for i in range(len(texts))]
 
@@ -59,7 +46,7 @@ class Logged(Callback):
 
 
 def fit(model_dir, te, steps, ckpt_dir=None, ckpt_path=None):
-    dm = RolloutDataModule(sources={"math": PromptSource(task="arithmetic_steps", size=16)}, engine=Engine(),
+    dm = RolloutDataModule(sources={"math": PromptSource(task="arithmetic_steps", size=16)}, engine=FakeEngine(),
                            reward=alternating, prompts_per_step=2, samples_per_prompt=2, max_response_tokens=8)
     module = C3POModule(model=str(model_dir), token_budget=10, kl_coef=0.0, parity=False)
     log = Logged()
