@@ -11,7 +11,8 @@ prompts, sizes and rewards.
 Systems: `c3po` and `grpo` (the loss modes, issue 4) with the config's vLLM engine, on-policy;
 `c3po-hf` (C3PO with `HFEngine`: transformers `generate` on the trainer's own model, no weight
 transfer); `c3po-async` (C3PO with `max_staleness=1`: the next rollout overlaps this step's training,
-one step off-policy); `trl` (TRL's GRPOTrainer, skipped with a message when TRL is not installed).
+one step off-policy); `c3po-async-hf` / `grpo-async-hf` (the same overlap with `HFEngine(copy_model=True)`:
+`generate` on a private copy of the policy, synced by an in-memory copy); `trl` (TRL's GRPOTrainer, skipped with a message when TRL is not installed).
 
 The systems are measured in *rounds*, alternating (c3po, grpo, ..., trl, c3po, grpo, ...), so that
 load from other processes on a shared machine hits all of them alike; each run is a fresh
@@ -58,9 +59,11 @@ OURS = {
     "grpo": dict(mode="grpo", engine="vllm", staleness=0),
     "c3po-hf": dict(mode="c3po", engine="hf", staleness=0),
     "c3po-async": dict(mode="c3po", engine="vllm", staleness=1),
+    "c3po-async-hf": dict(mode="c3po", engine="hf-copy", staleness=1),
+    "grpo-async-hf": dict(mode="grpo", engine="hf-copy", staleness=1),
 }
 SYSTEMS = (*OURS, "trl")
-DEFAULT_SYSTEMS = ("c3po", "grpo", "c3po-hf", "trl")
+DEFAULT_SYSTEMS = ("c3po", "grpo", "c3po-hf", "c3po-async-hf", "grpo-async-hf", "trl")
 
 
 @dataclass
@@ -136,11 +139,12 @@ def build(w: RLWorkload, mode: str, model: str, engine: str = "vllm", staleness:
 
     if engine == "vllm":
         engine_arg = "--data.init_args.engine.class_path=benchmarks.shared_engine.SharedEngine"
-    elif engine == "hf":
+    elif engine in ("hf", "hf-copy"):
+        copy = "true" if engine == "hf-copy" else "false"
         engine_arg = ('--data.init_args.engine={"class_path": "ring_lightning.rollout.hf_engine.HFEngine", '
-                      f'"init_args": {{"max_batch_size": {w.prompts * w.samples}}}}}')
+                      f'"init_args": {{"max_batch_size": {w.prompts * w.samples}, "copy_model": {copy}}}}}')
     else:
-        raise ValueError(f"unknown engine {engine!r}; expected 'vllm' or 'hf'")
+        raise ValueError(f"unknown engine {engine!r}; expected 'vllm', 'hf' or 'hf-copy'")
     sizes = [f"--data.init_args.sources.{k}.size={v}" for k, v in (w.source_sizes or {}).items()]
     overrides = [
         "-c", w.config, f"--model.init_args.model={model}", f"--model.init_args.loss_mode={mode}",

@@ -10,8 +10,9 @@ Sections (each reuses its `bench_*` module; run those directly for more options)
   packer's padding fraction over a long stream.
 * rollout (`bench_rollout`): completion tokens/s of the embedded vLLM engine vs HF `generate` on the
   same model and prompts (alternating, medians), and seconds per exact weight sync.
-* rl (`bench_rl_step`): end-to-end RL steps of ring_lightning (C3PO, GRPO, C3PO with the HF engine)
-  and TRL's GRPOTrainer on the same workload, alternating in rounds: (generated + trained) tokens/s,
+* rl (`bench_rl_step`): end-to-end RL steps of ring_lightning (C3PO, GRPO, C3PO with the HF engine,
+  C3PO / GRPO with one-step-ahead rollouts from a private HF copy of the policy) and TRL's
+  GRPOTrainer on the same workload, alternating in rounds: (generated + trained) tokens/s,
   seconds per step and its split rollout / reward / train / sync / other, and the ratios to TRL
   (skipped with a message when TRL is not installed).
 * rewards (`bench_rewards`): reward samples/s of the rule rewards the RL data uses, and code sandbox runs.

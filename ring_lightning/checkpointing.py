@@ -66,6 +66,28 @@ def fsync_dir(path: str | Path) -> None:
         os.close(fd)
 
 
+def checkpoint_metadata(path: str | Path) -> dict[str, Any]:
+    """A Lightning checkpoint's entries (global_step, loops, callbacks' and the module's extras) without
+    reading its weights into memory: a checkpoint file is memory-mapped (`torch.load(mmap=True)`, the
+    tensors stay on disk unless touched), and a distributed checkpoint directory (FSDP2) keeps
+    everything but the weights and optimizer states in its `meta.pt`. Full unpickling: only for this
+    project's own (trusted) checkpoints."""
+    p = Path(path)
+    if p.is_dir():
+        meta = p / "meta.pt"
+        if not meta.is_file():
+            raise FileNotFoundError(f"{p}: a directory without meta.pt is not a Lightning distributed checkpoint")
+        return torch.load(str(meta), map_location="cpu", weights_only=False)
+    if not p.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {p}")
+    try:
+        return torch.load(str(p), map_location="cpu", weights_only=False, mmap=True)
+    except RuntimeError as e:  # a legacy (pre-zipfile) torch.save file cannot be memory-mapped
+        if "mmap" not in str(e):
+            raise
+        return torch.load(str(p), map_location="cpu", weights_only=False)
+
+
 def _tmp_name(final: Path) -> Path:
     return final.with_name(f".{final.name}{TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}")
 

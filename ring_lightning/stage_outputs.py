@@ -5,7 +5,9 @@ general RL); here that model is an HF export of the stage's checkpoint. These he
 checkpoint, read the SFT token count it carries (the token-efficiency denominator) and make the
 export ready for inference. Choices: the RL checkpoint of the highest global step is exported (the
 periodic `last.ckpt` misses the final steps when max_steps is not a multiple of its interval);
-checkpoints are loaded with `weights_only=False` because they are this pipeline's own files.
+checkpoints are read with `weights_only=False` because they are this pipeline's own files, and only
+their metadata is read (a memory-mapped file or a distributed checkpoint's `meta.pt`): a Ring-lite
+checkpoint holds tens of GB of weights and optimizer state.
 """
 
 from __future__ import annotations
@@ -40,21 +42,21 @@ def fresh_export(export: Path, started: float) -> bool:
 
 
 def latest_checkpoint(paths: list[Path]) -> str:
-    """The existing checkpoint with the highest global step (the periodic `last.ckpt` misses the final
-    steps when max_steps is not a multiple of its interval; `end/last.ckpt` is written at fit end)."""
-    import torch
+    """The existing checkpoint (file, or FSDP2 distributed checkpoint directory) with the highest global
+    step (the periodic `last.ckpt` misses the final steps when max_steps is not a multiple of its
+    interval; `end/last.ckpt` is written at fit end). Only metadata is read (`checkpoint_metadata`)."""
+    from ring_lightning.checkpointing import checkpoint_metadata
 
-    found = [p for p in paths if p.is_file()]
+    found = [p for p in paths if p.is_file() or (p / "meta.pt").is_file()]
     if not found:
         return str(paths[-1])
-    steps = {p: torch.load(p, map_location="cpu", weights_only=False).get("global_step", -1) for p in found}
-    return str(max(found, key=lambda p: steps[p]))  # trusted: this pipeline's own checkpoints
+    steps = {p: checkpoint_metadata(p).get("global_step", -1) for p in found}
+    return str(max(found, key=lambda p: steps[p]))
 
 
 def ckpt_sft_tokens(ckpt: str) -> int | None:
     """The SFT token count an RL checkpoint carries (C3POModule's `c3po.sft_tokens`)."""
-    import torch
+    from ring_lightning.checkpointing import checkpoint_metadata
 
-    data = torch.load(ckpt, map_location="cpu", weights_only=False)  # trusted: this pipeline's own checkpoint
-    value = (data.get("c3po") or {}).get("sft_tokens")
+    value = (checkpoint_metadata(ckpt).get("c3po") or {}).get("sft_tokens")
     return int(value) if value else None

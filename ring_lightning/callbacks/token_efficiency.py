@@ -8,7 +8,7 @@ started from. Numerator: `pl_module.rl_tokens_trained` (C3POModule: loss tokens 
 1. `sft_tokens` given explicitly;
 2. `sft_source`: a model directory with `ring_lightning_meta.json` (`sft_tokens_seen`), that JSON
    file itself, an `rl_readiness.json` (its `chosen.sft_tokens`), or a Lightning SFT checkpoint
-   (`.ckpt`, its `sft_tokens_seen` entry);
+   (a `.ckpt` file or an FSDP2 checkpoint directory, its `sft_tokens_seen` entry);
 3. `pl_module.sft_tokens` (C3POModule reads it from the starting model directory's
    `ring_lightning_meta.json` and carries it in its checkpoints).
 
@@ -34,16 +34,15 @@ META_FILE = "ring_lightning_meta.json"
 def read_sft_tokens(source: str | Path) -> int:
     """SFT training tokens recorded at `source` (see module docstring for the accepted kinds)."""
     path = Path(source)
-    if path.is_dir():
+    if path.is_dir() and not (path / "meta.pt").is_file():  # an export directory (not an FSDP2 checkpoint)
         path = path / META_FILE
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"TokenEfficiency: no SFT token record at {path}; point sft_source at the SFT "
                                 f"export directory (with {META_FILE}), rl_readiness.json or the SFT .ckpt")
-    if path.suffix == ".ckpt":
-        import torch
+    if path.suffix == ".ckpt" or path.is_dir():  # a checkpoint file or an FSDP2 checkpoint directory
+        from ring_lightning.checkpointing import checkpoint_metadata
 
-        ckpt = torch.load(str(path), map_location="cpu", weights_only=False)  # trusted: our own checkpoint
-        value = ckpt.get("sft_tokens_seen")
+        value = checkpoint_metadata(path).get("sft_tokens_seen")  # trusted: our own checkpoint
         where = f"{path} ['sft_tokens_seen']"
     else:
         try:

@@ -283,6 +283,11 @@ class RolloutDataModule(L.LightningDataModule):
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         if self.slot.build(policy, tokenizer):
             weights = None  # an engine built from `policy` already holds its weights
+        if self.max_staleness and getattr(self.slot.engine, "shares_trainer_model", False):
+            raise ValueError(
+                f"max_staleness={self.max_staleness} samples in a background thread while the trainer updates its "
+                f"weights, but {type(self.slot.engine).__name__} generates with the trainer's own model; give it a "
+                "private copy (HFEngine init_args: copy_model: true), use VLLMEngine, or set max_staleness: 0")
         if weights is not None:
             self.slot.sync(weights, version)
         self.slot.version = version

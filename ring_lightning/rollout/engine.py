@@ -75,7 +75,12 @@ class Completion:
 
 @runtime_checkable
 class RolloutEngine(Protocol):
-    """A generator of completions that can be kept in sync with the trainer's weights."""
+    """A generator of completions that can be kept in sync with the trainer's weights.
+
+    An engine that generates with the trainer's own model object (HFEngine by default) sets the
+    attribute `shares_trainer_model = True`; `RolloutDataModule` then refuses background sampling
+    (`max_staleness >= 1`). Engines without the attribute are taken to hold their own weights.
+    """
 
     def generate(
         self, prompts: Sequence[Sequence[int]], n: int, sampling: SamplingConfig

@@ -17,6 +17,15 @@ Choices:
   "length". Generation's own `stop_strings` criterion ends a row early.
 - `update_weights`: the engine holds the trainer's model object, so new weights are already there;
   tensors that are not the model's own parameters are copied in (by name), the model's own are skipped.
+- `copy_model=True` samples from a private copy of the policy instead (twice the model's memory),
+  updated by `update_weights` (an exact copy by name). Only then can rollouts run in a background
+  thread while the trainer updates its weights (`RolloutDataModule(max_staleness>=1)`, which refuses
+  an engine that shares the trainer's model: it would sample from half-updated weights and flip the
+  trainer's train/eval mode from another thread). Note: `transformers.generate` samples from torch's
+  global RNG, which the two threads share; a seeded call forks it (`fork_rng`), so a background
+  rollout is reproducible only if the training step draws no torch random numbers meanwhile
+  (C3POModule draws none when the policy's dropout is 0, as in the shipped presets; the budget's
+  random fill order uses `random.Random`).
 - A failure inside `generate` is an `EngineError` naming the batch and, for out-of-memory, the knob
   (`max_batch_size`); the original exception is chained.
 """
@@ -55,6 +64,27 @@ def no_router_logits(model: nn.Module) -> dict:
     return {"output_router_logits": False} if hasattr(getattr(model, "config", None), "output_router_logits") else {}
 
 
+def _private_copy(model: nn.Module) -> nn.Module:
+    """An independent, gradient-free copy of an unsharded model in eval mode (for `copy_model=True`)."""
+    import copy
+
+    from torch.distributed.tensor import DTensor
+
+    if any(isinstance(p, DTensor) for p in model.parameters()):
+        raise ValueError("HFEngine(copy_model=True) needs an unsharded policy (found FSDP2 DTensor parameters); "
+                         "use VLLMEngine for sharded policies")
+    grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    for p in model.parameters():
+        p.grad = None  # not copied
+    try:
+        clone = copy.deepcopy(model)
+    finally:
+        for n, p in model.named_parameters():
+            p.grad = grads.get(n)
+    clone.requires_grad_(False)
+    return clone.eval()
+
+
 class HFEngine:
     """A `RolloutEngine` running `model.generate` on the given (usually the trainer's) model.
 
@@ -64,13 +94,18 @@ class HFEngine:
         tokenizer: its tokenizer (object or directory); required with a model object; with a name, None
             means the checkpoint's own tokenizer (or the shipped one for a preset).
         max_batch_size: rows (prompt x sample) generated together.
+        copy_model: sample from a private copy of an in-memory `model` (kept in sync by
+            `update_weights`) instead of the model itself; needed for background rollouts
+            (`max_staleness >= 1`). Not for FSDP2-sharded policies (use VLLMEngine there).
     """
 
-    def __init__(self, model: nn.Module | str | Path, tokenizer=None, *, max_batch_size: int = 64):
+    def __init__(self, model: nn.Module | str | Path, tokenizer=None, *, max_batch_size: int = 64,
+                 copy_model: bool = False):
         from ring_lightning.models.loading import load_policy, load_tokenizer
 
         tok_path = tokenizer if isinstance(tokenizer, (str, Path)) else None
-        if isinstance(model, (str, Path)):
+        loaded_here = isinstance(model, (str, Path))
+        if loaded_here:
             model, loaded = load_policy(model, tokenizer=tok_path)
             tokenizer = loaded if tokenizer is None or tok_path is not None else tokenizer
         elif tokenizer is None:
@@ -79,6 +114,10 @@ class HFEngine:
             tokenizer = load_tokenizer(tok_path)
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        #: True when generation runs on the caller's (the trainer's) model object itself.
+        self.shares_trainer_model = isinstance(model, nn.Module) and not copy_model and not loaded_here
+        if copy_model and not loaded_here:
+            model = _private_copy(model)
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
@@ -200,11 +239,11 @@ class HFEngine:
                 param.copy_(tensor.detach().to(param.dtype))
 
     def sleep(self) -> None:
-        """No-op: the model is the trainer's own."""
+        """No-op (the model stays where it is)."""
 
     def wake(self) -> None:
-        """No-op: the model is the trainer's own."""
+        """No-op (the model stays where it is)."""
 
     def close(self) -> None:
-        """Drop the reference to the model (the trainer keeps its own)."""
+        """Drop the reference to the model (the trainer keeps its own; a private copy is freed)."""
         self.model = None

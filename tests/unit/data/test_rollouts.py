@@ -249,3 +249,32 @@ def test_engine_sleeps_after_each_rollout_and_is_woken_before_any_use():
     eng.sleep_enabled, eng.sleep_level = True, 2
     dm.next_rollout()
     assert dm.keep_weights(iter(())) is True and eng.version == 2 and dm.weight_version == 7
+
+
+def test_background_sampling_refuses_an_engine_that_shares_the_trainer_model():
+    from ring_lightning.models.loading import load_policy
+    from ring_lightning.rollout.hf_engine import HFEngine
+
+    policy, tok = load_policy("qwen3-tiny")
+    with pytest.raises(ValueError, match=r"max_staleness=1 .*HFEngine generates with the trainer's own model.*"
+                                         r"copy_model: true"):
+        make_dm(max_staleness=1, engine=lambda p, t: HFEngine(policy, t))
+    shared = FakeEngine()
+    shared.shares_trainer_model = True
+    with pytest.raises(ValueError, match="FakeEngine generates with the trainer's own model"):
+        make_dm(max_staleness=1, engine=shared)
+    dm = make_dm(max_staleness=0, engine=shared)  # on-policy: fine
+    assert dm.next_rollout().metrics["rollout/staleness_max"] == 0
+    class LengthReward:  # real model text: reward its length parity
+        def __call__(self, rows, texts):
+            from ring_lightning.rewards.base import RewardResult
+
+            return [RewardResult(float(len(t) % 2 == 0)) for t in texts]
+
+    dm = make_dm(phi=20, max_staleness=1, engine=lambda p, t: HFEngine(policy, tok, copy_model=True))
+    dm.reward = LengthReward()
+    try:
+        batch = dm.next_rollout()
+        assert sum(mb.num_loss_tokens for mb in batch.micro_batches) == 20
+    finally:
+        dm.teardown()

@@ -168,3 +168,49 @@ def test_sampling_settings_are_checked_where_they_are_given():
                                          r"\(must be in \(0, 1\]\); max_tokens=0 \(must be >= 1"):
         SamplingConfig(temperature=-1.0, top_p=0.0, max_tokens=0)
     assert SamplingConfig(temperature=0.0, top_p=1.0, max_tokens=1).temperature == 0.0
+
+
+def test_copy_model_samples_from_a_private_copy_kept_exact_by_update_weights(prompts):
+    model, tok = sharp_policy(seed=3)
+    model.train()
+    model.lm_head.weight.grad = torch.ones_like(model.lm_head.weight)
+    shared, private = HFEngine(model, tok), HFEngine(model, tok, copy_model=True)
+    assert shared.shares_trainer_model and not private.shares_trainer_model
+    assert not HFEngine("qwen3-tiny").shares_trainer_model  # loaded by the engine: its own model
+    assert private.model is not model and model.training  # the trainer's mode and grads are left alone
+    assert torch.equal(model.lm_head.weight.grad, torch.ones_like(model.lm_head.weight))
+    assert private.model.lm_head.weight.grad is None
+    assert not any(p.requires_grad for p in private.model.parameters())
+    s = SamplingConfig(temperature=1.0, max_tokens=10, seed=11)
+    ids = lambda out: [[comp.token_ids for comp in g] for g in out]  # noqa: E731
+    assert ids(private.generate(prompts, 2, s)) == ids(shared.generate(prompts, 2, s))
+    with torch.no_grad():  # an optimizer step on the trainer's model
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    after = shared.generate(prompts, 2, s)
+    stale = private.generate(prompts, 2, s)
+    assert ids(stale) != ids(after)  # the copy still holds the old weights
+    private.update_weights(model.named_parameters())
+    synced = private.generate(prompts, 2, s)
+    assert ids(synced) == ids(after)
+    for g_a, g_b in zip(after, synced):
+        for a, b in zip(g_a, g_b):
+            # same weights; kernels may differ in the last bits (the copy needs no grad)
+            assert torch.allclose(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-5, rtol=0)
+    for (name, p), (_, q) in zip(model.named_parameters(), private.model.named_parameters()):
+        assert torch.equal(p, q), name
+        assert p.data_ptr() != q.data_ptr()
+
+
+def test_copy_model_refuses_a_sharded_policy(monkeypatch):
+    import ring_lightning.rollout.hf_engine as hf
+
+    model, tok = load_policy("qwen3-tiny")
+
+    class FakeDTensor(torch.nn.Parameter):
+        pass
+
+    monkeypatch.setattr("torch.distributed.tensor.DTensor", FakeDTensor)
+    model.lm_head.weight = FakeDTensor(model.lm_head.weight.detach().clone())
+    with pytest.raises(ValueError, match="copy_model=True.*unsharded.*VLLMEngine"):
+        hf.HFEngine(model, tok, copy_model=True)
