@@ -27,6 +27,7 @@ times swing with other processes' load, CPU time much less (reward worker proces
 
     python benchmarks/bench_rl_step.py                                  # c3po, grpo (+ trl if installed)
     python benchmarks/bench_rl_step.py --systems c3po grpo --rounds 3
+    python benchmarks/bench_rl_step.py --systems grpo-async-hf trl trl@2   # TRL also with 2 torch threads
     python benchmarks/bench_rl_step.py --model runs/quickstart/sft_export --prompts 16 --samples 8 --max-tokens 160
     python benchmarks/bench_rl_step.py --systems c3po --rounds 1 --steps 40 --csv /tmp/c3po.csv   # a learning run
 
@@ -36,6 +37,7 @@ Numbers depend on the machine and its load; nothing here is asserted.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
@@ -63,7 +65,33 @@ OURS = {
     "grpo-async-hf": dict(mode="grpo", engine="hf-copy", staleness=1),
 }
 SYSTEMS = (*OURS, "trl")
-DEFAULT_SYSTEMS = ("c3po", "grpo", "c3po-hf", "c3po-async-hf", "grpo-async-hf", "trl")
+# `name@N` runs a system with N torch intra-op threads instead of the command's `--threads`: the
+# one-step-ahead systems keep both cores busy with two Python threads at 1 thread each, so TRL is also
+# measured with 2 threads (its best setting here) for a like-for-like use of the machine.
+DEFAULT_SYSTEMS = ("c3po", "grpo", "c3po-hf", "c3po-async-hf", "grpo-async-hf", "trl", "trl@2")
+
+
+def parse_system(name: str) -> tuple[str, int | None]:
+    """("trl", 2) for "trl@2"; (name, None) without a thread count. Raises ValueError for unknown names."""
+    base, sep, threads = name.partition("@")
+    if base not in SYSTEMS or (sep and not (threads.isdigit() and int(threads) >= 1)):
+        raise ValueError(f"unknown RL system {name!r}: expected one of {', '.join(SYSTEMS)}, optionally "
+                         "followed by @<torch threads> (e.g. trl@2)")
+    return base, int(threads) if sep else None
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None):
+    """Run with `n` torch intra-op threads (None: unchanged), restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @dataclass
@@ -231,24 +259,29 @@ def compare(w: RLWorkload, systems: tuple[str, ...] = DEFAULT_SYSTEMS, log=print
     from benchmarks.bench_trl import trl_version
     from benchmarks.shared_engine import SharedEngine
 
-    version = trl_version() if "trl" in systems else None
-    if "trl" in systems and version is None:
+    base = {s: parse_system(s)[0] for s in systems}
+    has_trl = "trl" in base.values()
+    version = trl_version() if has_trl else None
+    if has_trl and version is None:
         log("TRL is not installed: the TRL column is skipped (install the `bench` extra: pip install 'trl>=0.20')")
-        systems = tuple(s for s in systems if s != "trl")
+        systems = tuple(s for s in systems if base[s] != "trl")
+        has_trl = False
     tmp = tempfile.TemporaryDirectory(prefix="bench_rl_step_")
     model = model_dir(w.model, Path(tmp.name), **w.model_overrides)
     rows = router = None
-    if "trl" in systems:
+    if has_trl:
         rows, router = trl_prompt_rows(w, model)
     # vLLM systems first: starting vLLM in this process changes its CPU threading state (HF generate ran
     # ~2x faster after it in one measurement here), so every run of every system must come after it.
-    systems = tuple(sorted(systems, key=lambda s: not (s in OURS and OURS[s]["engine"] == "vllm")))
+    systems = tuple(sorted(systems, key=lambda s: not (base[s] in OURS and OURS[base[s]]["engine"] == "vllm")))
     runs: dict[str, list[list[dict[str, float]]]] = {s: [] for s in systems}
     try:
         for r in range(w.rounds):  # every other round in reverse order: a load trend hits all systems alike
             for s in (systems if r % 2 == 0 else systems[::-1]):
                 log(f"[rl] round {r + 1}/{w.rounds}: {s} ({w.steps} steps)")
-                runs[s].append(run_trl_round(w, model, rows, router) if s == "trl" else run_ours(w, s, model))
+                with torch_threads(parse_system(s)[1]):
+                    runs[s].append(run_trl_round(w, model, rows, router) if base[s] == "trl"
+                                   else run_ours(w, base[s], model))
     finally:
         SharedEngine.close_shared()
         tmp.cleanup()
@@ -275,16 +308,26 @@ COLUMNS = ("steps", "gen_tokens", "loss_tokens", "gen_tok_s", "train_tok_s", "e2
 
 
 def format_table(result: dict[str, Any]) -> str:
-    lines = [" | ".join(f"{c:>11}" for c in ("system",) + COLUMNS)]
+    lines = [" | ".join([f"{'system':>13}"] + [f"{c:>11}" for c in COLUMNS])]
     for name, s in result["systems"].items():
-        lines.append(" | ".join([f"{name:>11}"] + [f"{s[c]:11.4g}" for c in COLUMNS]))
+        lines.append(" | ".join([f"{name:>13}"] + [f"{s[c]:11.4g}" for c in COLUMNS]))
     return "\n".join(lines)
+
+
+def system_arg(name: str) -> str:
+    """argparse type of a system name (`parse_system`)."""
+    try:
+        parse_system(name)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return name
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     d = RLWorkload()
-    p.add_argument("--systems", nargs="+", default=list(DEFAULT_SYSTEMS), choices=SYSTEMS)
+    p.add_argument("--systems", nargs="+", default=list(DEFAULT_SYSTEMS), type=system_arg,
+                   help=f"any of {', '.join(SYSTEMS)}, optionally with @<torch threads> (e.g. trl@2)")
     p.add_argument("--model", default=d.model, help="preset name or HF model directory")
     for name in ("prompts", "samples", "max_tokens", "phi", "micro_batch_tokens", "steps", "warmup", "rounds"):
         p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(d, name))

@@ -41,7 +41,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.bench_rl_step import DEFAULT_SYSTEMS, SYSTEMS, RLWorkload  # noqa: E402
+from benchmarks.bench_rl_step import DEFAULT_SYSTEMS, SYSTEMS, RLWorkload, system_arg  # noqa: E402
 
 SECTIONS = ("sft", "rollout", "rl", "rewards")
 RING_LITE_LAYERS = 2  # gpu-ring-lite: Ring-lite-2507 width, experts and vocabulary, fewer layers
@@ -187,15 +187,17 @@ def run_rl(p: Preset, table: Table, log) -> None:
                   "this process (time.process_time): less sensitive to other processes' load")
         table.add(sec, "generation / training tokens/s", f"{s['gen_tok_s']:,.0f} / {s['train_tok_s']:,.0f}",
                   f"mean reward {s['reward_mean']:.3f}")
-    if "trl" in systems:
-        trl = systems["trl"]
+    trls = [n for n in systems if bench_rl_step.parse_system(n)[0] == "trl"]
+    for t in trls:
+        trl, threads = systems[t], bench_rl_step.parse_system(t)[1]
         for name, s in systems.items():
-            if name == "trl":
+            if name in trls:
                 continue
-            table.add(f"rl {name} / trl", "e2e tokens/s; steps/s; tokens/CPU-s; steps/CPU-s",
+            table.add(f"rl {name} / {t}", "e2e tokens/s; steps/s; tokens/CPU-s; steps/CPU-s",
                       f"{s['e2e_tok_s'] / trl['e2e_tok_s']:.2f}x; {trl['s_step'] / s['s_step']:.2f}x; "
                       f"{s['e2e_tok_cpu_s'] / trl['e2e_tok_cpu_s']:.2f}x; {trl['cpu_s_step'] / s['cpu_s_step']:.2f}x",
-                      f"vs TRL {res['trl_version']} GRPOTrainer (HF generate) on the same model, prompts, K, "
+                      f"vs TRL {res['trl_version']} GRPOTrainer (HF generate, "
+                      f"{threads or p.threads or 'default'} torch thread(s)) on the same model, prompts, K, "
                       "max tokens and steps")
     if "c3po" in systems and "grpo" in systems:
         c, g = systems["c3po"], systems["grpo"]
@@ -239,7 +241,8 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="cpu-tiny", choices=list(PRESETS))
     ap.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS)
-    ap.add_argument("--rl-systems", nargs="+", default=None, choices=SYSTEMS, help="RL systems (default: the preset's)")
+    ap.add_argument("--rl-systems", nargs="+", default=None, type=system_arg,
+                    help=f"RL systems (default: the preset's): {', '.join(SYSTEMS)}, optionally @<torch threads>")
     ap.add_argument("--rounds", type=int, default=None, help="RL rounds (default: the preset's)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: the preset's)")
     args = ap.parse_args(argv)

@@ -91,3 +91,23 @@ def test_gpu_smoke_arguments_are_valid_configs(part):
     else:
         assert "task: arithmetic_steps" in out and "token_budget: 4096" in out and "prompts_per_step: 16" in out
         assert "RL_DATA" not in out and ".jsonl" not in out  # no prompt / held-out file is needed
+
+
+def test_system_names_take_an_optional_thread_count():
+    import argparse
+
+    import torch
+
+    from benchmarks.bench_rl_step import DEFAULT_SYSTEMS, parse_system, system_arg, torch_threads
+
+    assert parse_system("trl@2") == ("trl", 2) and parse_system("c3po-async-hf") == ("c3po-async-hf", None)
+    assert all(parse_system(s) for s in DEFAULT_SYSTEMS)
+    for bad in ("trl@0", "trl@x", "ppo", "c3po@"):
+        with pytest.raises(ValueError, match="unknown RL system"):
+            parse_system(bad)
+    with pytest.raises(argparse.ArgumentTypeError, match="trl@2"):
+        system_arg("trl@two")
+    before = torch.get_num_threads()
+    with torch_threads(before + 1):
+        assert torch.get_num_threads() == before + 1
+    assert torch.get_num_threads() == before
