@@ -89,7 +89,7 @@ class HFEngine:
     """A `RolloutEngine` running `model.generate` on the given (usually the trainer's) model.
 
     Args:
-        model: a transformers `*ForCausalLM` (shared with the trainer; not copied) or a directory /
+        model: a transformers `*ForCausalLM` (shared with the trainer unless `copy_model`) or a directory /
             preset name loaded with `ring_lightning.models.loading.load_policy`.
         tokenizer: its tokenizer (object or directory); required with a model object; with a name, None
             means the checkpoint's own tokenizer (or the shipped one for a preset).
@@ -225,7 +225,8 @@ class HFEngine:
         return lo, text[:pos]
 
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Copy weights into the shared model by name; the model's own parameters are skipped (no-op)."""
+        """Copy weights into the engine's model by name (exact); tensors that are the model's own
+        parameters (the engine shares the trainer's model) are skipped."""
         params = {clean_name(k): p for k, p in self.model.named_parameters()}
         with torch.no_grad():
             for name, tensor in named_tensors:

@@ -22,6 +22,8 @@ Choices where the report is silent:
   does not use offset") when a prompt's prefill is split across scheduler steps, and every request
   here is seeded. With it off a prompt is prefilled in one step (`max_num_batched_tokens` >=
   `max_model_len`); prompts that do not fit this step's budget wait for the next.
+- Shutdown (`close`) keeps a default process group that existed before the engine started (the
+  trainer's); vLLM's own shutdown would destroy it (`vllm_teardown.py`).
 - Failures (`vllm_errors.py`): settings vLLM cannot run are refused before the model loads, and
   vLLM's own errors are re-raised as `EngineStartError` / `EngineError` naming the knob to change;
   a prompt + `max_tokens` longer than `max_model_len` is an error (vLLM would cut the completion).
@@ -34,7 +36,6 @@ import os
 # vLLM must run its engine core in this process (no subprocess); must precede any vllm import.
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
-import logging  # noqa: E402
 import shutil  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -48,6 +49,11 @@ from torch import nn  # noqa: E402
 from ring_lightning.rollout import vllm_errors  # noqa: E402
 from ring_lightning.rollout.engine import Completion, EngineError, EngineStartError, SamplingConfig  # noqa: E402
 from ring_lightning.rollout.hf_engine import eos_token_ids  # noqa: E402
+from ring_lightning.rollout.vllm_teardown import (  # noqa: E402
+    default_group_exists,
+    keep_default_process_group,
+    reset_vllm_parallel_state,
+)
 from ring_lightning.rollout.weight_sync import (  # noqa: E402
     CheckpointNamer,
     SyncStats,
@@ -56,7 +62,6 @@ from ring_lightning.rollout.weight_sync import (  # noqa: E402
 )
 
 __all__ = ["VLLMEngine", "derive_seed"]
-log = logging.getLogger(__name__)
 
 
 def derive_seed(seed: int, prompt_index: int, sample_index: int) -> int:
@@ -92,19 +97,6 @@ def _restore_torch_threads(n: int) -> None:
         torch.set_num_threads = torch._C.set_num_threads
     if torch.get_num_threads() != n:
         torch._C.set_num_threads(n)
-
-
-def _reset_vllm_parallel_state() -> None:
-    """After a failed `LLM(...)`, vLLM's process-wide parallel groups stay half-built (a dense model's
-    failed start leaves no expert-parallel group, and the next MoE engine's start then fails);
-    a normal `close()` cleans them up, a failed start does not."""
-    state = sys.modules.get("vllm.distributed.parallel_state")
-    if state is None or getattr(state, "_WORLD", None) is None:  # vLLM failed before building its groups
-        return
-    try:
-        state.cleanup_dist_env_and_memory()  # what vLLM's own engine shutdown runs
-    except Exception as e:  # noqa: BLE001 - the start error being raised matters more
-        log.warning("VLLMEngine: cleaning up vLLM's parallel state after a failed start failed: %s", e)
 
 
 class VLLMEngine:
@@ -166,6 +158,7 @@ class VLLMEngine:
     ):
         _check_in_process()
         self._threads = torch.get_num_threads()
+        self._trainer_group = default_group_exists()  # vLLM's shutdown must not destroy it (vllm_teardown.py)
         self._tmpdir: str | None = None
         self.llm = None
         self.sleep_level = sleep_level
@@ -184,7 +177,7 @@ class VLLMEngine:
             self._start(model, tokenizer, dtype, enable_sleep_mode, llm_args)
         except BaseException:
             self.close()  # no half-started engine or temp directory is left behind
-            _reset_vllm_parallel_state()  # else the next engine in this process may find stale groups
+            reset_vllm_parallel_state(self._trainer_group)  # else the next engine may find stale groups
             raise
 
     def _start(self, model, tokenizer, dtype: str, enable_sleep_mode: bool, llm_args: dict) -> None:
@@ -384,7 +377,8 @@ class VLLMEngine:
 
         llm = self.llm
         if llm is not None:
-            llm.llm_engine.engine_core.shutdown()
+            with keep_default_process_group(self._trainer_group):
+                llm.llm_engine.engine_core.shutdown()
             self.llm = None
             del llm
             gc.collect()
