@@ -91,3 +91,34 @@ def test_rl_configs_parse(config, capsys, monkeypatch):
                      "val_check_interval: 50", "eval_samples_per_prompt: 8", "heldout_math.jsonl",
                      "ring_lightning.rollout.vllm_engine.VLLMEngine"):
             assert line in out, line
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_two_ddp_ranks_each_with_an_embedded_engine(sft_export, tmp_path):
+    """`--trainer.devices=2 --trainer.strategy=ddp` on CPU (gloo): one vLLM engine per rank, each rank
+    samples its half of the prompts and trains Φ/2 of the Φ tokens; every rank's engine matches its
+    trainer after every sync, and the run (whose engines are closed at teardown) ends cleanly."""
+    cmd = [sys.executable, "-m", "ring_lightning", "fit", "-c", "configs/quickstart/rl_reasoning.yaml",
+           f"--model.init_args.model={sft_export}", f"--model.init_args.token_budget={PHI}",
+           "--model.init_args.micro_batch_tokens=1024", "--trainer.max_steps=2",
+           f"--trainer.default_root_dir={tmp_path}", "--trainer.callbacks.init_args.every_n_train_steps=2",
+           "--data.init_args.prompts_per_step=4", "--data.init_args.samples_per_prompt=4",
+           "--data.init_args.max_response_tokens=48", "--model.init_args.parity=true",
+           "--trainer.enable_progress_bar=false", f"--data.init_args.engine={VLLM_ENGINE}",
+           "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp"]
+    env = dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="0", VLLM_CPU_KVCACHE_SPACE="1", OMP_NUM_THREADS="1",
+               RING_LIGHTNING_STAGE_DIR=str(tmp_path))
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    steps = [r for r in csv.DictReader(open(next(tmp_path.rglob("metrics.csv")))) if r.get("train/loss_tokens")]
+    assert len(steps) == 2
+    for r in steps:
+        assert float(r["train/loss_tokens"]) == PHI  # all-reduced over both ranks
+        assert float(r["rollout/responses"]) == 16  # 2 ranks x 2 prompts x 4 samples
+        # rank 0's probe is logged; every rank probes its own engine and raises SyncParityError on a
+        # mismatch, so rank 1 passed too (the run exited 0)
+        assert float(r["rollout/sync_logprob_diff_max"]) < 1e-3
+    ckpt = torch.load(next(tmp_path.rglob("last.ckpt")), weights_only=False)
+    assert ckpt["c3po"]["rl_tokens_trained"] == 2 * PHI and ckpt["c3po"]["engine_weight_version"] == 2
+    assert (tmp_path / "export" / "model.safetensors").is_file()
