@@ -259,7 +259,9 @@ def compare(w: RLWorkload, systems: tuple[str, ...] = DEFAULT_SYSTEMS, log=print
     from benchmarks.bench_trl import trl_version
     from benchmarks.shared_engine import SharedEngine
 
-    base = {s: parse_system(s)[0] for s in systems}
+    base, threads = {}, {}
+    for s in systems:
+        base[s], threads[s] = parse_system(s)
     has_trl = "trl" in base.values()
     version = trl_version() if has_trl else None
     if has_trl and version is None:
@@ -279,7 +281,7 @@ def compare(w: RLWorkload, systems: tuple[str, ...] = DEFAULT_SYSTEMS, log=print
         for r in range(w.rounds):  # every other round in reverse order: a load trend hits all systems alike
             for s in (systems if r % 2 == 0 else systems[::-1]):
                 log(f"[rl] round {r + 1}/{w.rounds}: {s} ({w.steps} steps)")
-                with torch_threads(parse_system(s)[1]):
+                with torch_threads(threads[s]):
                     runs[s].append(run_trl_round(w, model, rows, router) if base[s] == "trl"
                                    else run_ours(w, base[s], model))
     finally:

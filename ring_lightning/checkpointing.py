@@ -66,18 +66,28 @@ def fsync_dir(path: str | Path) -> None:
         os.close(fd)
 
 
+def is_distributed_checkpoint(path: str | Path) -> bool:
+    """A Lightning distributed (FSDP2 / ModelParallelStrategy) checkpoint: a directory with its metadata file."""
+    from lightning.fabric.utilities.load import _METADATA_FILENAME
+
+    p = Path(path)
+    return p.is_dir() and (p / _METADATA_FILENAME).is_file()
+
+
 def checkpoint_metadata(path: str | Path) -> dict[str, Any]:
     """A Lightning checkpoint's entries (global_step, loops, callbacks' and the module's extras) without
     reading its weights into memory: a checkpoint file is memory-mapped (`torch.load(mmap=True)`, the
     tensors stay on disk unless touched), and a distributed checkpoint directory (FSDP2) keeps
     everything but the weights and optimizer states in its `meta.pt`. Full unpickling: only for this
     project's own (trusted) checkpoints."""
+    from lightning.fabric.utilities.load import _METADATA_FILENAME
+
     p = Path(path)
     if p.is_dir():
-        meta = p / "meta.pt"
-        if not meta.is_file():
-            raise FileNotFoundError(f"{p}: a directory without meta.pt is not a Lightning distributed checkpoint")
-        return torch.load(str(meta), map_location="cpu", weights_only=False)
+        if not is_distributed_checkpoint(p):
+            raise FileNotFoundError(f"{p}: a directory without {_METADATA_FILENAME} is not a Lightning distributed "
+                                    "checkpoint")
+        return torch.load(str(p / _METADATA_FILENAME), map_location="cpu", weights_only=False)
     if not p.is_file():
         raise FileNotFoundError(f"checkpoint not found: {p}")
     try:

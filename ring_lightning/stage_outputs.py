@@ -45,9 +45,9 @@ def latest_checkpoint(paths: list[Path]) -> str:
     """The existing checkpoint (file, or FSDP2 distributed checkpoint directory) with the highest global
     step (the periodic `last.ckpt` misses the final steps when max_steps is not a multiple of its
     interval; `end/last.ckpt` is written at fit end). Only metadata is read (`checkpoint_metadata`)."""
-    from ring_lightning.checkpointing import checkpoint_metadata
+    from ring_lightning.checkpointing import checkpoint_metadata, is_distributed_checkpoint
 
-    found = [p for p in paths if p.is_file() or (p / "meta.pt").is_file()]
+    found = [p for p in paths if p.is_file() or is_distributed_checkpoint(p)]
     if not found:
         return str(paths[-1])
     steps = {p: checkpoint_metadata(p).get("global_step", -1) for p in found}

@@ -96,6 +96,12 @@ def save_hf(module: LightningModule, out_dir: str | Path) -> None:
     tokenizer.save_pretrained(str(out_dir))
 
 
+def replaceable_export(out: Path) -> bool:
+    """An existing `out` that an export may replace: an earlier HF export (with a config.json) or an
+    empty directory; anything else is never deleted."""
+    return out.is_dir() and ((out / "config.json").is_file() or not any(out.iterdir()))
+
+
 def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path,
                       module_cls: type[LightningModule] | str = DEFAULT_MODULE, overwrite: bool = False) -> Path:
     """Export a Lightning checkpoint (file or distributed dir) to an HF directory; returns `out_dir`.
@@ -110,7 +116,7 @@ def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path,
     out = Path(out_dir)
     if out.exists() and not overwrite:
         raise FileExistsError(f"export directory {out} exists; pass overwrite=True or choose another directory")
-    if out.exists() and not (out.is_dir() and ((out / "config.json").exists() or not any(out.iterdir()))):
+    if out.exists() and not replaceable_export(out):
         raise FileExistsError(f"refusing to replace {out}: it is not an empty directory or an HF model directory "
                               "(no config.json); choose another export directory")
     module = module_from_checkpoint(ckpt_path, module_cls)

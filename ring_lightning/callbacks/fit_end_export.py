@@ -18,6 +18,7 @@ from pathlib import Path
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 
+from ring_lightning.callbacks.export import replaceable_export
 from ring_lightning.checkpointing import fsync_tree, publish
 from ring_lightning.stage_outputs import enable_kv_cache
 
@@ -49,7 +50,7 @@ class FitEndExport(Callback):
             return
         if not self.overwrite:
             raise FileExistsError(f"FitEndExport: {out} exists and overwrite is false; choose another dirpath")
-        if not out.is_dir() or not ((out / "config.json").is_file() or not any(out.iterdir())):
+        if not replaceable_export(out):
             raise FileExistsError(f"FitEndExport: refusing to replace {out}: it is not an earlier HF export "
                                   "(no config.json) nor an empty directory; choose another dirpath")
 

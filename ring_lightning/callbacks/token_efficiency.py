@@ -33,15 +33,15 @@ META_FILE = "ring_lightning_meta.json"
 
 def read_sft_tokens(source: str | Path) -> int:
     """SFT training tokens recorded at `source` (see module docstring for the accepted kinds)."""
+    from ring_lightning.checkpointing import checkpoint_metadata, is_distributed_checkpoint
+
     path = Path(source)
-    if path.is_dir() and not (path / "meta.pt").is_file():  # an export directory (not an FSDP2 checkpoint)
+    if path.is_dir() and not is_distributed_checkpoint(path):  # an export directory
         path = path / META_FILE
     if not path.exists():
         raise FileNotFoundError(f"TokenEfficiency: no SFT token record at {path}; point sft_source at the SFT "
                                 f"export directory (with {META_FILE}), rl_readiness.json or the SFT .ckpt")
     if path.suffix == ".ckpt" or path.is_dir():  # a checkpoint file or an FSDP2 checkpoint directory
-        from ring_lightning.checkpointing import checkpoint_metadata
-
         value = checkpoint_metadata(path).get("sft_tokens_seen")  # trusted: our own checkpoint
         where = f"{path} ['sft_tokens_seen']"
     else:

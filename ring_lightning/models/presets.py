@@ -50,15 +50,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "bailing-quickstart": {**_BAILING_TINY, "hidden_size": 128, "intermediate_size": 256,
                            "moe_intermediate_size": 64, "norm_head": False},
     # BailingMoe for benchmarks: 8 layers, hidden 512, 32 experts top-2 (~65M parameters, ~14M active).
-    "bailing-mid": dict(
-        model_type="bailing_moe", vocab_size=TINY_VOCAB, hidden_size=512, intermediate_size=1408,
-        moe_intermediate_size=160, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=2,
-        head_dim=64, num_experts=32, num_experts_per_tok=2, num_shared_experts=1, norm_topk_prob=True,
-        first_k_dense_replace=1, norm_head=True, rope_theta=600000.0, max_position_embeddings=4096,
-        rms_norm_eps=1e-6, initializer_range=0.02, tie_word_embeddings=False, use_bias=False,
-        use_qkv_bias=False, router_aux_loss_coef=1e-5, router_z_loss_coef=1e-7, bos_token_id=None,
-        eos_token_id=2, pad_token_id=0,
-    ),
+    "bailing-mid": {**_BAILING_TINY, "hidden_size": 512, "intermediate_size": 1408, "moe_intermediate_size": 160,
+                    "num_hidden_layers": 8, "num_attention_heads": 8, "head_dim": 64, "num_experts": 32,
+                    "max_position_embeddings": 4096},
     # Ring-lite-2507 = Ling-lite-1.5 architecture (16.8B total / 2.75B active), as in the published
     # Ling-lite-1.5 config.json: every layer is MoE (first_k_dense_replace=0), plain lm_head
     # (norm_head=False), 2 shared experts, 64 routed top-6. The parameter count checks out: 28 x

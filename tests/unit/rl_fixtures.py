@@ -5,7 +5,9 @@ Imported as `unit.rl_fixtures` (tests/ is on sys.path through tests/conftest.py)
 
 from __future__ import annotations
 
+import json
 import random
+from pathlib import Path
 
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers.logger import Logger
@@ -148,3 +150,20 @@ class Float64C3PO(C3POModule):
         self.policy.double()
         for ref in self._ref:
             ref.double()
+
+
+def alternating_reward(rows, texts):
+    """Rewards 0, 1, 0, 1, ... in sample order (every group has both)."""
+    return [RewardResult(float(i % 2)) for i in range(len(texts))]
+
+
+def write_sft_export(out: Path, preset: str = "bailing-tiny", sft_tokens: int = 200) -> Path:
+    """An HF directory like an SFT export: the preset's policy + tokenizer and its SFT token count."""
+    from ring_lightning.callbacks.token_efficiency import META_FILE
+    from ring_lightning.models.loading import load_policy
+
+    policy, tok = load_policy(preset)
+    policy.save_pretrained(str(out))
+    tok.save_pretrained(str(out))
+    (out / META_FILE).write_text(json.dumps({"sft_tokens_seen": sft_tokens}))
+    return out

@@ -14,12 +14,7 @@ from ring_lightning.data.prompt_stream import PromptSource
 from ring_lightning.data.rollouts import RolloutDataModule
 from ring_lightning.models.loading import load_policy
 from ring_lightning.modules.c3po import C3POModule
-from ring_lightning.rewards.base import RewardResult
-from unit.rl_fixtures import FakeEngine
-
-
-def alternating(rows, texts):
-    return [RewardResult(float(i % 2)) for i in range(len(texts))]
+from unit.rl_fixtures import FakeEngine, alternating_reward, write_sft_export
 
 
 class Crash(Callback):
@@ -29,17 +24,12 @@ class Crash(Callback):
 
 @pytest.fixture(scope="module")
 def start(tmp_path_factory):
-    out = tmp_path_factory.mktemp("start")
-    policy, tok = load_policy("bailing-tiny")
-    policy.save_pretrained(str(out))
-    tok.save_pretrained(str(out))
-    (out / "ring_lightning_meta.json").write_text(json.dumps({"sft_tokens_seen": 200}))
-    return out
+    return write_sft_export(tmp_path_factory.mktemp("start"))
 
 
 def fit(start, export, steps=2, extra=()):
     dm = RolloutDataModule(sources={"math": PromptSource(task="arithmetic_steps", size=16)}, engine=FakeEngine(),
-                           reward=alternating, prompts_per_step=2, samples_per_prompt=2, max_response_tokens=8)
+                           reward=alternating_reward, prompts_per_step=2, samples_per_prompt=2, max_response_tokens=8)
     module = C3POModule(model=str(start), token_budget=10, kl_coef=0.0, parity=False, lr=1e-2)
     trainer = L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False,

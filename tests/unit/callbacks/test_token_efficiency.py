@@ -14,8 +14,7 @@ from ring_lightning.data.prompt_stream import PromptSource
 from ring_lightning.data.rollouts import RolloutDataModule
 from ring_lightning.models.loading import load_policy
 from ring_lightning.modules.c3po import C3POModule
-from ring_lightning.rewards.base import RewardResult
-from unit.rl_fixtures import FakeEngine
+from unit.rl_fixtures import FakeEngine, alternating_reward, write_sft_export
 
 
 def test_read_sft_tokens_from_each_kind_of_source(tmp_path):
@@ -33,10 +32,6 @@ def test_read_sft_tokens_from_each_kind_of_source(tmp_path):
         read_sft_tokens(tmp_path / "nowhere")
 
 
-def alternating(rows, texts):
-    return [RewardResult(float(i % 2)) for i in range(len(texts))]
-
-
 class Logged(Callback):
     def __init__(self):
         self.values = []
@@ -47,7 +42,7 @@ class Logged(Callback):
 
 def fit(model_dir, te, steps, ckpt_dir=None, ckpt_path=None):
     dm = RolloutDataModule(sources={"math": PromptSource(task="arithmetic_steps", size=16)}, engine=FakeEngine(),
-                           reward=alternating, prompts_per_step=2, samples_per_prompt=2, max_response_tokens=8)
+                           reward=alternating_reward, prompts_per_step=2, samples_per_prompt=2, max_response_tokens=8)
     module = C3POModule(model=str(model_dir), token_budget=10, kl_coef=0.0, parity=False)
     log = Logged()
     cbs = [te, log] + ([ModelCheckpoint(dirpath=ckpt_dir, save_last=True, every_n_train_steps=1)] if ckpt_dir else [])
@@ -59,12 +54,7 @@ def fit(model_dir, te, steps, ckpt_dir=None, ckpt_path=None):
 
 @pytest.fixture(scope="module")
 def sft_export(tmp_path_factory):
-    out = tmp_path_factory.mktemp("sft_export")
-    policy, tok = load_policy("bailing-tiny")
-    policy.save_pretrained(str(out))
-    tok.save_pretrained(str(out))
-    (out / META_FILE).write_text(json.dumps({"sft_tokens_seen": 200}))
-    return out
+    return write_sft_export(tmp_path_factory.mktemp("sft_export"))
 
 
 def test_real_c3po_logs_rl_over_sft_tokens_each_step_and_after_resume(sft_export, tmp_path):
