@@ -20,12 +20,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from ring_lightning.data.prep_clean import Cleaner
-from ring_lightning.data.prep_decontam import BenchmarkSpec, Decontaminator
-from ring_lightning.data.prep_dedup import Deduplicator
-from ring_lightning.data.prep_difficulty import DifficultyFilter
-from ring_lightning.data.prep_verify import AnswerVerifier
-from ring_lightning.data.prepare import InputSpec, Prepare
+from ring_lightning.prepare.clean import Cleaner
+from ring_lightning.prepare.decontam import BenchmarkSpec, Decontaminator
+from ring_lightning.prepare.dedup import Deduplicator
+from ring_lightning.prepare.difficulty import DifficultyFilter
+from ring_lightning.prepare.verify import AnswerVerifier
+from ring_lightning.prepare.pipeline import InputSpec, Prepare
 
 
 def make_words(rng: random.Random, n: int) -> list[str]:

@@ -21,7 +21,7 @@ from pathlib import Path
 # ring_lightning as a namespace package (package data lookups fail); import it from the repo root.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ring_lightning.data.prompts import PromptRow  # noqa: E402
+from ring_lightning.rows import PromptRow  # noqa: E402
 
 
 def row(domain: str, i: int, **fields) -> PromptRow:
@@ -57,7 +57,7 @@ def bench_math(n: int, quiet: bool = False) -> list[dict]:
 
 
 def bench_code(n: int, workers: int, quiet: bool = False) -> list[dict]:
-    from ring_lightning.rewards.code import CodeReward
+    from ring_lightning.rewards.code.reward import CodeReward
 
     reward = CodeReward(max_workers=workers)
     stdio = {"type": "stdio", "cases": [{"input": f"{a} {a + 1}\n", "output": f"{2 * a + 1}\n"} for a in range(3)]}

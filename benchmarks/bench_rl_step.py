@@ -215,7 +215,7 @@ def run_ours(w: RLWorkload, system: str, model: str) -> list[dict[str, float]]:
 
 def trl_prompt_rows(w: RLWorkload, model: str):
     """The prompts ring_lightning draws in one run (steps x L, in order) and the config's reward router."""
-    from ring_lightning.data.prompt_stream import PromptStream
+    from ring_lightning.data.rollouts.stream import PromptStream
 
     dm = build(w, "c3po", model).datamodule
     stream = PromptStream({n: s.load(n) for n, s in dm.sources.items()}, dm.stages, dm.initial_stage, seed=dm.seed)

@@ -2,7 +2,7 @@
 
     python benchmarks/bench_sft.py [--model bailing-tiny] [--micro-batch-tokens 1024] [--steps 20]
 
-Two measurements on the built-in synthetic long-CoT data (data/synthetic.py):
+Two measurements on the built-in synthetic long-CoT data (data/synthetic/problems.py):
 
 * Packing (`measure_packing`): SFTDataModule's packer over `--rows` conversations; the padding
   fraction over the whole stream and in steady state (without the last `open_bins` rows, which
@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO))
 
 def measure_packing(micro_batch_tokens: int = 1024, rows: int = 2000, open_bins: int = 64) -> dict[str, float]:
     """Pack `rows` synthetic conversations; padding fractions and packing speed."""
-    from ring_lightning.data.sft import SFTDataModule
+    from ring_lightning.data.sft.datamodule import SFTDataModule
 
     dm = SFTDataModule(train=["synthetic:mixed"], micro_batch_tokens=micro_batch_tokens,
                        synthetic_train_rows=rows, shuffle_buffer=1000, open_bins=open_bins)

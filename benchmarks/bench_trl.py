@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from ring_lightning.data.prompts import PromptRow
+from ring_lightning.rows import PromptRow
 
 
 def trl_version() -> str | None:

@@ -2,7 +2,7 @@
 
     python -m ring_lightning fit -c configs/quickstart/sft.yaml [--trainer.max_steps=10 ...]
     python -m ring_lightning {fit,validate,test,predict} ...   LightningCLI subcommands
-    python -m ring_lightning prepare ...                        RL prompt-set preparation (data/prepare.py)
+    python -m ring_lightning prepare ...                        RL prompt-set preparation (prepare/pipeline.py)
     python -m ring_lightning pipeline ...                       the whole recipe, stage after stage (pipeline.py)
 
 `fit`/`validate`/`test`/`predict` are Lightning's own CLI (jsonargparse): the model and data are
@@ -48,7 +48,7 @@ from jsonargparse import lazy_instance
 
 DEBUG_ENV = "RING_LIGHTNING_DEBUG"
 EXTRA_COMMANDS = {
-    "prepare": ("ring_lightning.data.prepare", "clean, deduplicate, decontaminate and grade RL prompt sets"),
+    "prepare": ("ring_lightning.prepare.pipeline", "clean, deduplicate, decontaminate and grade RL prompt sets"),
     "pipeline": ("ring_lightning.pipeline", "run the Ring-lite recipe end to end (SFT, then RL stages)"),
 }
 DESCRIPTION = "ring_lightning: the Ring-lite recipe (long-CoT SFT + C3PO RL) on PyTorch Lightning.\n\n" + (
@@ -224,8 +224,8 @@ def _run_extra_command(name: str, argv: list[str]) -> None:
 def _run_errors() -> tuple[type[BaseException], ...]:
     """Errors of bad inputs met during a run (data rows, model paths, engine, non-finite training,
     weight sync): their message names what and where, so the CLI prints it as one line, exit 1."""
-    from ring_lightning.data.prompts import PromptRowError
-    from ring_lightning.data.sft_rows import SFTRowError
+    from ring_lightning.rows import PromptRowError
+    from ring_lightning.data.sft.rows import SFTRowError
     from ring_lightning.models.loading import ModelLoadError
     from ring_lightning.modules.nonfinite import NonFiniteError
     from ring_lightning.rollout.engine import EngineError

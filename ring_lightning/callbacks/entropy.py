@@ -48,7 +48,8 @@ import torch.distributed as dist
 from lightning.pytorch import Callback, LightningModule, Trainer
 from transformers import GenerationConfig, LogitsProcessor
 
-from ring_lightning.data.prompts import PromptRow, load_prompts, parse_row
+from ring_lightning.rows import PromptRow, parse_row
+from ring_lightning.data.prompts import load_prompts
 from ring_lightning.rewards.base import Reward
 
 
@@ -148,7 +149,7 @@ def rows_from_source(
         if not rows:
             raise ValueError(f"EntropyMonitor: prompt file {prompt_file} has no rows")
         return rows
-    from ring_lightning.data.synthetic import prompt_rows
+    from ring_lightning.data.synthetic.problems import prompt_rows
 
     raw = prompt_rows(synthetic_task, "val", synthetic_n_train, synthetic_prompts, seed=synthetic_seed)
     return [parse_row(r, f"synthetic {synthetic_task} val row {i}") for i, r in enumerate(raw)]

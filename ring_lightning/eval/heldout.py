@@ -35,8 +35,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ring_lightning.data.prompt_stream import PromptSource
-from ring_lightning.data.prompts import PromptRow
+from ring_lightning.data.rollouts.stream import PromptSource
+from ring_lightning.rows import PromptRow
 from ring_lightning.eval.passk import EvalCounts, evaluate_rollouts, pass_at_k
 from ring_lightning.rewards.base import Reward
 from ring_lightning.rollout.engine import SamplingConfig

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torchmetrics import Metric
 
-from ring_lightning.data.prompts import PromptRow
+from ring_lightning.rows import PromptRow
 from ring_lightning.rewards.base import Reward, RewardResult
 from ring_lightning.rollout.engine import RolloutEngine, SamplingConfig
 

@@ -31,7 +31,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, IterableDataset
 from torchmetrics import MeanMetric
 
-from ring_lightning.data.prompts import DOMAINS, PromptRow
+from ring_lightning.rows import DOMAINS, PromptRow
 from ring_lightning.eval.passk import EvalCounts, PassAtK, evaluate_rollouts
 from ring_lightning.rewards.base import Reward
 from ring_lightning.rollout.engine import RolloutEngine, SamplingConfig

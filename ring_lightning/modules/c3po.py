@@ -12,7 +12,7 @@ Reported: L = 512 prompts × K = 16, lr 3e-6 constant after warm-up, Φ = 409,60
 One Lightning batch is one optimizer step (manual optimisation):
 
 1. `RolloutDataModule.next_rollout()` samples, scores and budgets this step's data *now* — after
-   the previous step's weight sync (on-policy; see data/rollouts.py for fill order, drops,
+   the previous step's weight sync (on-policy; see data/rollouts/datamodule.py for fill order, drops,
    carry-over, refills and how Φ is split over data-parallel ranks: each rank trains exactly Φ/W
    tokens of its own prompts; its loss is divided by Φ/W and the strategy's gradient average over
    W ranks yields the gradient of (sum of all Φ token losses) / Φ).
@@ -65,14 +65,14 @@ import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
-from ring_lightning.data.rollout_stats import all_reduce_max_int
-from ring_lightning.data.rollouts import BudgetSpec, RolloutDataModule
+from ring_lightning.data.rollouts.stats import all_reduce_max_int
+from ring_lightning.data.rollouts.datamodule import BudgetSpec, RolloutDataModule
 from ring_lightning.eval.rollout_eval import RolloutEvaluator
 from ring_lightning.models.loading import build_config, load_policy, load_tokenizer, to_dtype
 from ring_lightning.models.router_losses import num_experts, router_aux_losses
 from ring_lightning.modules import c3po_steps as steps
 from ring_lightning.modules.c3po_eval import RolloutEvalHooks
-from ring_lightning.modules.c3po_export import export_policy, read_sft_tokens
+from ring_lightning.models.export import export_policy, read_sft_tokens
 from ring_lightning.modules.nonfinite import NonFiniteGuard
 from ring_lightning.modules.optim import decay_groups, default_adamw
 from ring_lightning.modules.rng_state import KEY as RNG_KEY, collect_rng_states, restore_rng_states
@@ -205,7 +205,7 @@ class C3POModule(RolloutEvalHooks, L.LightningModule):
         if mesh.ndim > 1 and mesh["tensor_parallel"].size() > 1:
             raise ValueError("C3POModule supports data parallelism only (ModelParallelStrategy with "
                              "tensor_parallel_size=1); got a tensor-parallel mesh")
-        from ring_lightning.modules.sharding import build_sharded_policy
+        from ring_lightning.models.sharding import build_sharded_policy
 
         return build_sharded_policy(make, build_config(self.model_name, **self.model_overrides),
                                     to_dtype(self.dtype_name), mesh, device=self.trainer.strategy.root_device,
@@ -404,7 +404,7 @@ class C3POModule(RolloutEvalHooks, L.LightningModule):
 
     def export_hf(self, directory: str | Path, dtype: str | None = None) -> Path | None:
         """Write the policy as an HF checkpoint plus `ring_lightning_meta.json` (SFT and RL token counts)
-        for the next stage (`modules/c3po_export.py`). Collective under FSDP2; rank 0 writes and returns
+        for the next stage (`models/export.py`). Collective under FSDP2; rank 0 writes and returns
         the directory (None elsewhere).
 
         Args:

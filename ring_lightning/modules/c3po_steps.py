@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from ring_lightning.data.rollout_stats import all_reduce_stats
+from ring_lightning.data.rollouts.stats import all_reduce_stats
 from ring_lightning.rl.batch import MicroBatch, Response, collate
 from ring_lightning.rl.budget import Piece
 

@@ -43,14 +43,14 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
-from ring_lightning.data.packing import IGNORE_INDEX, PackedBatch, block_diagonal_mask
+from ring_lightning.data.sft.packing import IGNORE_INDEX, PackedBatch, block_diagonal_mask
 from ring_lightning.models.loading import build_config, load_policy, load_tokenizer, to_dtype
 from ring_lightning.models.router_losses import expert_load, load_imbalance, num_experts, router_aux_losses, top_k
 from ring_lightning.modules.nonfinite import NonFiniteGuard
 from ring_lightning.modules.optim import decay_groups, default_adamw, warmup_cosine
 from ring_lightning.modules.rng_state import KEY as RNG_KEY
 from ring_lightning.modules.rng_state import collect_rng_states, restore_rng_states
-from ring_lightning.modules.sharding import build_sharded_policy, gather_full_state_dict
+from ring_lightning.models.sharding import build_sharded_policy, gather_full_state_dict
 
 # per-step accumulator slots (summed over micro-batches, then over ranks)
 _CE, _LOSS_TOKENS, _TOKENS, _PAD, _LB, _Z = range(6)

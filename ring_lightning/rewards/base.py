@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from ring_lightning.data.prompts import PromptRow
+from ring_lightning.rows import PromptRow
 
 
 @dataclass(frozen=True)

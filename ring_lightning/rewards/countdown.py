@@ -4,7 +4,7 @@ reasoning-gym's own Countdown scorer hands the model's string to sympy's ``parse
 evaluates Python code; a policy could put anything there. Here the expression may contain only
 integer literals, ``+ - * /``, unary minus and parentheses; it is evaluated exactly with
 `fractions.Fraction`. The rule is reasoning-gym's: the numbers used must be exactly the given ones
-(``use_all=True``, each once) — or, for the classic game / `data/synthetic.py`, any sub-multiset
+(``use_all=True``, each once) — or, for the classic game / `data/synthetic/problems.py`, any sub-multiset
 (``use_all=False``: each number at most once).
 """
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from ring_lightning.data.prompts import PromptRow
+from ring_lightning.rows import PromptRow
 from ring_lightning.rewards.base import RewardResult
 from ring_lightning.rewards.extraction import strip_thinking
 from ring_lightning.rewards.instruction_checks import CHECKS, check_kwargs

@@ -19,7 +19,7 @@ Row schema (domain "logic"; ``answer`` = the reference answer, shown in logs onl
             "rg_config": {...}}   # optional: JSON-able config the dataset was generated with
 
 ``use_all`` (default false) requires every number to be used exactly once (reasoning-gym's rule);
-otherwise each number may be used at most once (`data/synthetic.py`'s rule).
+otherwise each number may be used at most once (`data/synthetic/problems.py`'s rule).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from ring_lightning.data.prompts import PromptRow
+from ring_lightning.rows import PromptRow
 from ring_lightning.rewards.base import RewardResult
 from ring_lightning.rewards.countdown import score_countdown
 from ring_lightning.rewards.extraction import last_boxed, last_tagged

@@ -27,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from ring_lightning.data.prompts import DOMAINS, PromptRow, PromptRowError
+from ring_lightning.rows import DOMAINS, PromptRow, PromptRowError
 from ring_lightning.rewards.base import Reward, RewardResult
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ def _default_reward(name: str) -> Reward | None:
 
         return MathReward()
     if name == "code":
-        from ring_lightning.rewards.code import CodeReward
+        from ring_lightning.rewards.code.reward import CodeReward
 
         return CodeReward()
     if name == "logic":

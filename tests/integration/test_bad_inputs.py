@@ -23,9 +23,10 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from unit.rl_fixtures import FakeEngine, ParityReward, Record, recording_engine
 
-from ring_lightning.data.prompt_stream import PromptSource
-from ring_lightning.data.prompts import PromptRowError, load_prompts, parse_row
-from ring_lightning.data.rollouts import BudgetSpec, RolloutDataModule
+from ring_lightning.data.rollouts.stream import PromptSource
+from ring_lightning.rows import PromptRowError, parse_row
+from ring_lightning.data.prompts import load_prompts
+from ring_lightning.data.rollouts.datamodule import BudgetSpec, RolloutDataModule
 from ring_lightning.models.loading import load_tokenizer
 from ring_lightning.modules.c3po import C3POModule
 from ring_lightning.rewards.router import RewardRouter

@@ -14,7 +14,7 @@ sys.path.insert(0, str(REPO))
 from benchmarks.bench_rl_step import summarize  # noqa: E402
 from benchmarks.bench_trl import RouterRewardFunc, micro_batch_rows  # noqa: E402
 from benchmarks.gpu_smoke import rl_args, sft_args  # noqa: E402
-from ring_lightning.data.rl_tasks import rl_task_rows  # noqa: E402
+from ring_lightning.data.synthetic.rl_tasks import rl_task_rows  # noqa: E402
 from ring_lightning.models.loading import load_tokenizer  # noqa: E402
 from ring_lightning.rewards.router import RewardRouter  # noqa: E402
 

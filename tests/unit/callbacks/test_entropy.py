@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from ring_lightning.callbacks.entropy import (EntropyMonitor, _encode_prompts, measure_policy_entropy,
                                               response_mask, rows_from_source, token_entropy)
-from ring_lightning.data.prompts import PromptRow
+from ring_lightning.rows import PromptRow
 from ring_lightning.models.loading import load_policy
 from ring_lightning.rewards.base import RewardResult
 
@@ -184,7 +184,7 @@ def test_pass_at_1_with_an_injected_reward(tiny):
     policy, tok = tiny
     raw = [{"id": f"q{i}", "domain": "math", "prompt": f"What is {i}+{i}?", "answer": str(2 * i)} for i in range(2)]
     raw.append({"id": "bad", "domain": "math", "prompt": "What is x?", "answer": "?"})
-    from ring_lightning.data.prompts import parse_row
+    from ring_lightning.rows import parse_row
     rows = [parse_row(r, f"row {i}") for i, r in enumerate(raw)]
     reward = ParityReward()
     m = measure_policy_entropy(policy, tok, rows, max_new_tokens=4, batch_size=4, num_samples=2, reward=reward)
@@ -209,7 +209,7 @@ def test_prompt_sources(tmp_path):
     f.write_text('{"id": "a", "domain": "math", "prompt": "1+1?", "answer": "2"}\n')
     assert EntropyMonitor(prompt_file=str(f)).rows[0].answer == "2"
     syn = EntropyMonitor(synthetic_task="arithmetic", synthetic_prompts=4, synthetic_n_train=10).rows
-    from ring_lightning.data.synthetic import prompt_rows
+    from ring_lightning.data.synthetic.problems import prompt_rows
     train_q = {r["prompt"] for r in prompt_rows("arithmetic", "train", 10, 4)}
     assert len(syn) == 4 and all(r.answer and r.domain == "math" for r in syn)
     assert not train_q & {r.prompt_text for r in syn}  # held out from the SFT split

@@ -11,7 +11,7 @@ import torch
 from ring_lightning.callbacks.entropy import EntropyMonitor
 from ring_lightning.callbacks.export import module_from_checkpoint
 from ring_lightning.callbacks.rl_readiness import RLReadinessSelector
-from ring_lightning.data.sft import SFTDataModule
+from ring_lightning.data.sft.datamodule import SFTDataModule
 from ring_lightning.models.loading import load_policy
 from ring_lightning.modules.sft import SFTModule
 from ring_lightning.rewards.math import MathReward

@@ -177,8 +177,8 @@ def test_errors_name_the_problem():
 
 
 # ---------------------------------------------------------------- real C3POModule + RolloutDataModule
-from ring_lightning.data.prompt_stream import PromptSource  # noqa: E402
-from ring_lightning.data.rollouts import RolloutDataModule  # noqa: E402
+from ring_lightning.data.rollouts.stream import PromptSource  # noqa: E402
+from ring_lightning.data.rollouts.datamodule import RolloutDataModule  # noqa: E402
 from ring_lightning.modules.c3po import C3POModule  # noqa: E402
 from ring_lightning.rewards.base import RewardResult  # noqa: E402
 from ring_lightning.rollout.engine import Completion  # noqa: E402

@@ -10,8 +10,8 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from ring_lightning.callbacks.token_efficiency import META_FILE, TokenEfficiency, read_sft_tokens
-from ring_lightning.data.prompt_stream import PromptSource
-from ring_lightning.data.rollouts import RolloutDataModule
+from ring_lightning.data.rollouts.stream import PromptSource
+from ring_lightning.data.rollouts.datamodule import RolloutDataModule
 from ring_lightning.models.loading import load_policy
 from ring_lightning.modules.c3po import C3POModule
 from unit.rl_fixtures import FakeEngine, alternating_reward, write_sft_export

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from ring_lightning.data.prep_clean import Cleaner
-from ring_lightning.data.prep_rows import to_internal
+from ring_lightning.prepare.clean import Cleaner
+from ring_lightning.prepare.rows import to_internal
 
 
 def row(prompt: str, answer: str | None = "7", domain: str = "math", **extra) -> dict:
@@ -99,7 +99,7 @@ def test_bad_regex_is_a_clear_config_error():
 
 
 def test_literal_precheck_never_changes_a_result():
-    from ring_lightning.data.prep_clean import (DEFAULT_BINARY_QUESTION_PATTERNS, DEFAULT_CHOICE_LABEL_PATTERNS,
+    from ring_lightning.prepare.clean import (DEFAULT_BINARY_QUESTION_PATTERNS, DEFAULT_CHOICE_LABEL_PATTERNS,
                                                 DEFAULT_IMAGE_PATTERNS, DEFAULT_MULTIPLE_CHOICE_PHRASES,
                                                 DEFAULT_SUBQUESTION_PATTERNS, _Rule, required_literals)
 

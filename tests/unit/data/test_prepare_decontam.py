@@ -9,8 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ring_lightning.data.prep_decontam import BenchmarkSpec, Decontaminator
-from ring_lightning.data.prep_rows import to_internal
+from ring_lightning.prepare.decontam import BenchmarkSpec, Decontaminator
+from ring_lightning.prepare.rows import to_internal
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "prepare"
 MATH500 = BenchmarkSpec(name="math500", path=str(FIXTURES / "bench_math500.jsonl"), field="problem",

@@ -7,8 +7,8 @@ import json
 import datasets
 import pytest
 
-from ring_lightning.data.prep_dedup import Deduplicator, normalize, shingle_hashes
-from ring_lightning.data.prep_rows import FEATURES, StageRunner, to_internal
+from ring_lightning.prepare.dedup import Deduplicator, normalize, shingle_hashes
+from ring_lightning.prepare.rows import FEATURES, StageRunner, to_internal
 
 FARM = ("A farmer has a rectangular field whose length is three times its width. He walks once around "
         "the whole boundary of the field and covers a total distance of 480 meters. A fence post is placed "

@@ -14,9 +14,9 @@ import datasets
 import pytest
 import torch
 
-from ring_lightning.data.prep_difficulty import DifficultyFilter
-from ring_lightning.data.prep_rows import FEATURES, StageRunner, to_internal
-from ring_lightning.data.prompts import PromptRow
+from ring_lightning.prepare.difficulty import DifficultyFilter
+from ring_lightning.prepare.rows import FEATURES, StageRunner, to_internal
+from ring_lightning.rows import PromptRow
 from ring_lightning.rewards.base import RewardResult
 from ring_lightning.rewards.math import MathReward
 from ring_lightning.rewards.router import RewardRouter

@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ring_lightning.data.prep_decontam import BenchmarkSpec, Decontaminator
-from ring_lightning.data.prep_verify import AnswerVerifier
-from ring_lightning.data.prepare import InputSpec, Prepare, build_parser, main
-from ring_lightning.data.prompts import PromptRowError, load_prompts
+from ring_lightning.prepare.decontam import BenchmarkSpec, Decontaminator
+from ring_lightning.prepare.verify import AnswerVerifier
+from ring_lightning.prepare.pipeline import InputSpec, Prepare, build_parser, main
+from ring_lightning.rows import PromptRowError
+from ring_lightning.data.prompts import load_prompts
 
 ROOT = Path(__file__).resolve().parents[3]
 FIX = ROOT / "tests" / "fixtures" / "prepare"
@@ -30,10 +31,10 @@ def read_jsonl(path: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def quickstart(tmp_path_factory) -> Path:
-    """`python -m ring_lightning.data.prepare -c configs/quickstart/prepare.yaml` in a subprocess."""
+    """`python -m ring_lightning.prepare.pipeline -c configs/quickstart/prepare.yaml` in a subprocess."""
     out = tmp_path_factory.mktemp("qs") / "prompts.jsonl"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-m", "ring_lightning.data.prepare", "-c", str(QUICKSTART),
+    proc = subprocess.run([sys.executable, "-m", "ring_lightning.prepare.pipeline", "-c", str(QUICKSTART),
                            "--output", str(out)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"wrote 9 of 25 rows to {out}" in proc.stdout
@@ -211,7 +212,7 @@ def test_engine_by_class_path_in_a_config(tmp_path):
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
 def test_every_schema_field_round_trips(tmp_path, suffix):
-    from ring_lightning.data.prompts import parse_row
+    from ring_lightning.rows import parse_row
 
     raws = [
         {"id": "sys", "domain": "general", "messages": [{"role": "system", "content": "Be brief."},

@@ -9,8 +9,8 @@ from pathlib import Path
 import datasets
 import pytest
 
-from ring_lightning.data.prep_rows import FEATURES, StageRunner, to_internal
-from ring_lightning.data.prep_verify import AnswerVerifier, CodeSolutionRunner, MathGoldCheck, sanitize_tests
+from ring_lightning.prepare.rows import FEATURES, StageRunner, to_internal
+from ring_lightning.prepare.verify import AnswerVerifier, CodeSolutionRunner, MathGoldCheck, sanitize_tests
 from ring_lightning.data.prompts import iter_raw_rows
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "prepare"

@@ -1,4 +1,4 @@
-"""The quickstart's synthetic tasks (data/synthetic.py, synthetic_instruction.py, rl_tasks.py): the
+"""The quickstart's synthetic tasks (data/synthetic/problems.py, synthetic_instruction.py, rl_tasks.py): the
 held-out partition is never trained on, the addition traces reason correctly (or guess, wrongly, at
 the documented rate), instruction answers comply only by chance, and the RL rows match."""
 
@@ -9,10 +9,10 @@ from collections import Counter
 
 import pytest
 
-from ring_lightning.data import synthetic
-from ring_lightning.data.prompts import parse_row
-from ring_lightning.data.rl_tasks import rl_task_rows
-from ring_lightning.data.synthetic import generate_problems, is_heldout, prompt_rows, sft_rows
+from ring_lightning.data.synthetic import problems as synthetic
+from ring_lightning.rows import parse_row
+from ring_lightning.data.synthetic.rl_tasks import rl_task_rows
+from ring_lightning.data.synthetic.problems import generate_problems, is_heldout, prompt_rows, sft_rows
 from ring_lightning.rewards.instruction import InstructionReward
 
 ADDITION = re.compile(r"Compute (\d) \+ (\d) \+ (\d)\. Answer in \\boxed\{\}\.")

@@ -10,9 +10,9 @@ import pytest
 import torch
 from unit.rl_fixtures import FakeEngine, ParityReward
 
-from ring_lightning.data.prompt_stream import PromptSource, PromptStream
-from ring_lightning.data.rl_tasks import RL_TASKS, rl_task_rows
-from ring_lightning.data.rollouts import BudgetSpec, RolloutDataModule, RolloutRequest
+from ring_lightning.data.rollouts.stream import PromptSource, PromptStream
+from ring_lightning.data.synthetic.rl_tasks import RL_TASKS, rl_task_rows
+from ring_lightning.data.rollouts.datamodule import BudgetSpec, RolloutDataModule, RolloutRequest
 from ring_lightning.models.loading import load_tokenizer
 
 TOK = load_tokenizer()

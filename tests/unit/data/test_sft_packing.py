@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ring_lightning.data.packing import (IGNORE_INDEX, TokenizedDoc, block_diagonal_mask, collate_packed,
+from ring_lightning.data.sft.packing import (IGNORE_INDEX, TokenizedDoc, block_diagonal_mask, collate_packed,
                                          pack_documents)
-from ring_lightning.data.sft import PackedSFTDataset
+from ring_lightning.data.sft.datamodule import PackedSFTDataset
 from ring_lightning.models.loading import load_tokenizer
 
 
@@ -103,7 +103,7 @@ def test_packing_wastes_under_two_percent_in_steady_state():
 
 
 def test_loader_workers_preserve_the_stream_order():
-    from ring_lightning.data.sft import SFTDataModule
+    from ring_lightning.data.sft.datamodule import SFTDataModule
 
     dm = SFTDataModule(train=["synthetic:arithmetic"], micro_batch_tokens=256, shuffle_buffer=0,
                        synthetic_train_rows=30, num_workers=2)

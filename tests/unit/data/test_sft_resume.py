@@ -11,7 +11,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from ring_lightning.data.sft import ResumableLoader, SFTDataModule
+from ring_lightning.data.sft.datamodule import ResumableLoader, SFTDataModule
 
 
 def data(**kwargs) -> SFTDataModule:

@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from ring_lightning.data.packing import IGNORE_INDEX
-from ring_lightning.data.sft import SFTDataModule
-from ring_lightning.data.sft_rows import SFTRowError, encode_conversation, parse_sft_row
+from ring_lightning.data.sft.packing import IGNORE_INDEX
+from ring_lightning.data.sft.datamodule import SFTDataModule
+from ring_lightning.data.sft.rows import SFTRowError, encode_conversation, parse_sft_row
 from ring_lightning.models.loading import load_tokenizer
 
 GOOD = {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"},
@@ -99,7 +99,7 @@ def test_loss_targets_are_exactly_the_assistant_tokens():
     doc = encode_conversation(tok, convo, "x")
     assert tok.decode([t for t, m in zip(doc.input_ids, doc.loss_mask) if m]) == \
         "answer one<|im_end|>answer two<|im_end|>"
-    from ring_lightning.data.packing import collate_packed
+    from ring_lightning.data.sft.packing import collate_packed
 
     batch = collate_packed([doc], micro_batch_tokens=len(doc) + 5, pad_id=tok.pad_token_id)
     targets = batch.targets[0]

@@ -9,8 +9,8 @@ from collections import Counter
 
 import pytest
 
-from ring_lightning.data.prompts import parse_row
-from ring_lightning.data.synthetic import generate_problems, prompt_rows, sft_rows
+from ring_lightning.rows import parse_row
+from ring_lightning.data.synthetic.problems import generate_problems, prompt_rows, sft_rows
 
 OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul}
 

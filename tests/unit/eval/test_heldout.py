@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from ring_lightning.data.prompt_stream import PromptSource
+from ring_lightning.data.rollouts.stream import PromptSource
 from ring_lightning.eval.heldout import HeldoutEval, evaluate_model, load_sets, paired_difference, summarize
 from ring_lightning.eval.passk import EvalCounts, pass_at_k
 from ring_lightning.models.loading import load_policy

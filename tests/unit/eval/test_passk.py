@@ -7,7 +7,7 @@ from itertools import combinations
 import pytest
 import torch
 
-from ring_lightning.data.prompts import parse_row
+from ring_lightning.rows import parse_row
 from ring_lightning.eval.passk import PassAtK, evaluate_rollouts, pass_at_k
 from ring_lightning.models.loading import load_tokenizer
 from ring_lightning.rewards.base import RewardResult

@@ -5,7 +5,7 @@ import lightning as L
 import pytest
 import torch
 
-from ring_lightning.data.prompts import parse_row
+from ring_lightning.rows import parse_row
 from ring_lightning.eval.rollout_eval import EvalPromptDataset, RolloutEvaluator, eval_dataloader
 from ring_lightning.models.loading import load_tokenizer
 from ring_lightning.rewards.base import RewardResult

@@ -10,8 +10,8 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from unit.rl_fixtures import Float64C3PO, ListLogger, ParityReward, Record, checksum, recording_engine
 
-from ring_lightning.data.prompt_stream import PromptSource
-from ring_lightning.data.rollouts import RolloutDataModule
+from ring_lightning.data.rollouts.stream import PromptSource
+from ring_lightning.data.rollouts.datamodule import RolloutDataModule
 from ring_lightning.modules.c3po import C3POModule
 from ring_lightning.modules.rng_state import KEY as RNG_KEY
 

@@ -22,8 +22,8 @@ SCRIPT = textwrap.dedent('''
     import random, sys
     import lightning as L
     import torch
-    from ring_lightning.data.prompt_stream import PromptSource
-    from ring_lightning.data.rollouts import RolloutDataModule
+    from ring_lightning.data.rollouts.stream import PromptSource
+    from ring_lightning.data.rollouts.datamodule import RolloutDataModule
     from ring_lightning.modules.c3po import C3POModule
     from ring_lightning.rollout.engine import Completion
     from unit.rl_fixtures import Float64C3PO, ParityReward

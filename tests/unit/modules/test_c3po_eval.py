@@ -10,8 +10,8 @@ import pytest
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from unit.rl_fixtures import ParityReward, WeightEngine, checksum
 
-from ring_lightning.data.prompt_stream import PromptSource
-from ring_lightning.data.rollouts import RolloutDataModule
+from ring_lightning.data.rollouts.stream import PromptSource
+from ring_lightning.data.rollouts.datamodule import RolloutDataModule
 from ring_lightning.eval.passk import pass_at_k
 from ring_lightning.modules.c3po import C3POModule
 
@@ -116,7 +116,7 @@ def test_pass_at_k_values_are_the_unbiased_estimates_of_the_samples(fitted, tmp_
     out = trainer(tmp_path).validate(module(), make_dm(), ckpt_path=str(fitted["ckpt"] / "step=2.ckpt"))[0]
     engine, reward = WeightEngine.built[0], ParityReward()
     assert len(engine.generated) == 3  # 10 rows in batches of 4
-    from ring_lightning.data.rl_tasks import rl_task_rows
+    from ring_lightning.data.synthetic.rl_tasks import rl_task_rows
     from ring_lightning.eval.passk import evaluate_rollouts
     from ring_lightning.eval.rollout_eval import RolloutEvaluator
     from ring_lightning.models.loading import load_tokenizer

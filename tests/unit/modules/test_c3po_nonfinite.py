@@ -8,8 +8,8 @@ from lightning.pytorch.callbacks import Callback
 from unit.rl_fixtures import ParityReward, Record, checksum, recording_engine
 
 import ring_lightning.modules.c3po as c3po
-from ring_lightning.data.prompt_stream import PromptSource
-from ring_lightning.data.rollouts import RolloutDataModule
+from ring_lightning.data.rollouts.stream import PromptSource
+from ring_lightning.data.rollouts.datamodule import RolloutDataModule
 from ring_lightning.modules.c3po import C3POModule
 from ring_lightning.modules.nonfinite import NonFiniteError
 

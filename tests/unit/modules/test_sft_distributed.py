@@ -19,7 +19,7 @@ import pytest
 import torch
 from torch.distributed.tensor import DTensor
 
-from ring_lightning.data.sft import SFTDataModule
+from ring_lightning.data.sft.datamodule import SFTDataModule
 from ring_lightning.models.loading import load_policy
 from ring_lightning.modules.sft import SFTModule
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ring_lightning.data.packing import IGNORE_INDEX, TokenizedDoc, block_diagonal_mask, collate_packed
-from ring_lightning.data.sft import SFTDataModule
+from ring_lightning.data.sft.packing import IGNORE_INDEX, TokenizedDoc, block_diagonal_mask, collate_packed
+from ring_lightning.data.sft.datamodule import SFTDataModule
 from ring_lightning.models.loading import load_policy
 from ring_lightning.models.router_losses import router_aux_losses
 from ring_lightning.modules.optim import warmup_cosine_factor

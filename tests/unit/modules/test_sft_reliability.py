@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from ring_lightning.callbacks.export import export_checkpoint
-from ring_lightning.data.sft import SFTDataModule
+from ring_lightning.data.sft.datamodule import SFTDataModule
 from ring_lightning.callbacks.token_efficiency import read_sft_tokens
 from ring_lightning.modules.nonfinite import NonFiniteError
 from ring_lightning.modules.rng_state import KEY as RNG_KEY

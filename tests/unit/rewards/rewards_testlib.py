@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ring_lightning.data.prompts import PromptRow
+from ring_lightning.rows import PromptRow
 
 # Tests draw sandbox uids from their own range, so processes of other runs on a shared machine
 # (which use the default range) are never mistaken for leftovers of a test.

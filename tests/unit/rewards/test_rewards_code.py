@@ -9,8 +9,8 @@ import time
 import pytest
 from rewards_testlib import UID_RANGE, make_row
 
-from ring_lightning.rewards.assert_probes import compile_assert_tests, judge_event
-from ring_lightning.rewards.code import CodeReward, Language, CodeTestsError, extract_program, PYTHON
+from ring_lightning.rewards.code.assert_probes import compile_assert_tests, judge_event
+from ring_lightning.rewards.code.reward import CodeReward, Language, CodeTestsError, extract_program, PYTHON
 
 STDIO = {"type": "stdio", "cases": [{"input": "1 2\n", "output": "3\n"}, {"input": "5 7\n", "output": "12"},
                                      {"input": "-4 4\n", "output": "0\n\n"}]}

@@ -7,7 +7,7 @@ import json
 import pytest
 from rewards_testlib import make_row
 
-from ring_lightning.data.prompts import parse_row
+from ring_lightning.rows import parse_row
 from ring_lightning.rewards.countdown import evaluate_expression, score_countdown
 from ring_lightning.rewards.logic import TASKS, LogicReward, LogicRowError, make_logic_rows
 
@@ -91,7 +91,7 @@ def test_invalid_rows(meta, match):
 
 
 def test_rows_in_the_synthetic_module_format_are_scored():
-    # data/synthetic.py writes countdown rows as meta {"task", "numbers", "target"}: each number at most once.
+    # data/synthetic/problems.py writes countdown rows as meta {"task", "numbers", "target"}: each number at most once.
     raw = {"id": "countdown-train-0", "domain": "logic", "prompt": "Use 3, 9, 4 to make 13.", "answer": "9 + 4",
            "meta": {"task": "countdown", "numbers": [3, 9, 4], "target": 13}}
     row = parse_row(raw, "synthetic row 0")

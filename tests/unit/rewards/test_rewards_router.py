@@ -10,9 +10,10 @@ import time
 import pytest
 from rewards_testlib import make_row
 
-from ring_lightning.data.prompts import PromptRowError, load_prompts
+from ring_lightning.rows import PromptRowError
+from ring_lightning.data.prompts import load_prompts
 from ring_lightning.rewards.base import Reward, RewardResult
-from ring_lightning.rewards.code import CodeReward
+from ring_lightning.rewards.code.reward import CodeReward
 from ring_lightning.rewards.instruction import InstructionReward
 from ring_lightning.rewards.logic import LogicReward
 from ring_lightning.rewards.math import MathReward

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 from rewards_testlib import UID_RANGE, make_row, sandbox_processes
 
-from ring_lightning.rewards.code import CodeReward
-from ring_lightning.rewards.sandbox import Sandbox
+from ring_lightning.rewards.code.reward import CodeReward
+from ring_lightning.rewards.code.sandbox import Sandbox
 
 ADD_STDIO = {"type": "stdio", "cases": [{"input": "1 2\n", "output": "3\n"}, {"input": "20 22\n", "output": "42\n"}]}
 ADD_ASSERT = {"type": "assert", "code": "assert add(1, 2) == 3\nassert add(20, 22) == 42\n"}

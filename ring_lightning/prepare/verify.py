@@ -32,11 +32,11 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from ring_lightning.data.prep_rows import (
+from ring_lightning.prepare.rows import (
     Removal, StageRunner, get_meta, is_kept, mark, rebatch, set_meta, to_prompt_row, unbatch,
 )
-from ring_lightning.data.prompts import PromptRow
-from ring_lightning.rewards.code import PYTHON, CodeReward, validate_tests
+from ring_lightning.rows import PromptRow
+from ring_lightning.rewards.code.reward import PYTHON, CodeReward, validate_tests
 from ring_lightning.rewards.math import MathReward
 
 _PARSE_LOCK = threading.Lock()
@@ -89,7 +89,7 @@ class CodeSolutionRunner:
     Args:
         timeout_s: per stdio case (or whole assert suite) limit, in seconds, unless the row sets one.
         memory_mb: address-space limit of the program, in MiB.
-        isolation: sandbox isolation: "auto", "namespaces" or "process" (see rewards/sandbox.py).
+        isolation: sandbox isolation: "auto", "namespaces" or "process" (see rewards/code/sandbox.py).
     """
 
     def __init__(self, timeout_s: float = 5.0, memory_mb: int = 1024, isolation: str = "auto"):

@@ -19,7 +19,7 @@ from typing import Any
 
 import datasets
 
-from ring_lightning.data.prompts import PromptRow, PromptRowError, parse_row
+from ring_lightning.rows import PromptRow, PromptRowError, parse_row
 
 # Every row in the pipeline has exactly these columns (stages may add temporary ones and drop them).
 FEATURES = datasets.Features({

@@ -25,7 +25,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from ring_lightning.data.prep_rows import (
+from ring_lightning.prepare.rows import (
     Removal, StageRunner, get_meta, is_kept, mark, rebatch, set_meta, to_prompt_row, unbatch,
 )
 from ring_lightning.rewards.base import Reward

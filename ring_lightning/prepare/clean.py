@@ -31,7 +31,7 @@ from re import _constants as _c
 from re import _parser
 from typing import Any
 
-from ring_lightning.data.prep_rows import Removal, RowMarker, StageRunner, user_text
+from ring_lightning.prepare.rows import Removal, RowMarker, StageRunner, user_text
 
 DEFAULT_IMAGE_PATTERNS = [
     r"!\[[^\]]*\]\([^)]*\)",

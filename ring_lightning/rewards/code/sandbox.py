@@ -56,7 +56,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from ring_lightning.rewards.capped_io import communicate
+from ring_lightning.rewards.code.capped_io import communicate
 
 Isolation = Literal["auto", "namespaces", "process"]
 INIT_SCRIPT = Path(__file__).with_name("sandbox_init.py")

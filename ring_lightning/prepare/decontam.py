@@ -24,7 +24,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from ring_lightning.data.prep_rows import MARK_COLUMNS, Removal, RowMarker, StageRunner, user_text, words
+from ring_lightning.prepare.rows import MARK_COLUMNS, Removal, RowMarker, StageRunner, user_text, words
 from ring_lightning.data.prompts import iter_raw_rows
 
 

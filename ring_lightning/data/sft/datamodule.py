@@ -3,13 +3,13 @@
 Ring-lite (arXiv 2506.14731, §3) trains its long-CoT SFT model on 32k-token contexts; it does not
 say how samples are batched, truncated or filtered. What we do (and document as our choice):
 
-* every source row is validated (data/sft_rows.py), templated with the tokenizer's chat template,
+* every source row is validated (data/sft/rows.py), templated with the tokenizer's chat template,
   and masked so only assistant tokens are targets;
 * a document longer than `max_length` is cut to its first `max_length` tokens (`overlong:
   truncate`; if no assistant token survives it is dropped) or dropped (`overlong: drop`); both are
   counted and logged as `data/overlong_truncated`, `data/overlong_dropped`;
 * documents are shuffled with a seeded buffer (reshuffled every epoch), then packed into
-  [1, micro_batch_tokens] rows (data/packing.py);
+  [1, micro_batch_tokens] rows (data/sft/packing.py);
 * data parallelism: every rank reads and packs the same stream and takes micro-batch i when
   i % world_size == rank; the stream is padded with empty micro-batches to a multiple of
   world_size × num_workers so all ranks take the same number of steps. Each micro-batch carries its
@@ -35,8 +35,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from transformers import PreTrainedTokenizerBase
 
-from ring_lightning.data.packing import PackedBatch, TokenizedDoc, collate_packed, pack_documents
-from ring_lightning.data.sft_rows import SFTRowError, encode_conversation, iter_source, parse_sft_row
+from ring_lightning.data.sft.packing import PackedBatch, TokenizedDoc, collate_packed, pack_documents
+from ring_lightning.data.sft.rows import SFTRowError, encode_conversation, iter_source, parse_sft_row
 from ring_lightning.models.loading import load_tokenizer
 
 Overlong = Literal["truncate", "drop"]

@@ -45,14 +45,15 @@ import pyarrow as pa
 from jsonargparse import ActionConfigFile, ArgumentParser
 from tqdm.auto import tqdm
 
-from ring_lightning.data.prep_clean import Cleaner
-from ring_lightning.data.prep_decontam import Decontaminator
-from ring_lightning.data.prep_dedup import Deduplicator
-from ring_lightning.data.prep_difficulty import DifficultyFilter
-from ring_lightning.data.prep_rows import FEATURES, StageRunner, is_kept, to_internal, unbatch
-from ring_lightning.data.prep_verify import AnswerVerifier
-from ring_lightning.data.prep_writer import RowWriter
-from ring_lightning.data.prompts import PromptRowError, iter_raw_rows
+from ring_lightning.prepare.clean import Cleaner
+from ring_lightning.prepare.decontam import Decontaminator
+from ring_lightning.prepare.dedup import Deduplicator
+from ring_lightning.prepare.difficulty import DifficultyFilter
+from ring_lightning.prepare.rows import FEATURES, StageRunner, is_kept, to_internal, unbatch
+from ring_lightning.prepare.verify import AnswerVerifier
+from ring_lightning.prepare.writer import RowWriter
+from ring_lightning.rows import PromptRowError
+from ring_lightning.data.prompts import iter_raw_rows
 
 log = logging.getLogger(__name__)
 STAGES = ("clean", "dedup", "decontam", "verify", "difficulty")

@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 import torch
 import torch.distributed as dist
 
-from ring_lightning.data.prompts import DOMAINS
+from ring_lightning.rows import DOMAINS
 from ring_lightning.rl.batch import Response
 from ring_lightning.rl.budget import BudgetPlan
 

@@ -7,7 +7,7 @@ here, so this file generates tiny prompts of that shape (IFEval instruction ids,
 
 * `instruction_prompt(rng, kinds)`: one prompt with one constraint of a kind drawn from `kinds`
   (bullet count, lowercase, keyword, word limit, no comma, end phrase) and its
-  ``instructions=[{"id", "kwargs"}]``. `data/rl_tasks.py`'s ``instruction`` task draws these.
+  ``instructions=[{"id", "kwargs"}]``. `data/synthetic/rl_tasks.py`'s ``instruction`` task draws these.
 * `instruction_answer(rng, topic)`: a short answer about the topic for the synthetic SFT data.
 
 What we chose (the report has no such data): the SFT answers are written *without looking at the

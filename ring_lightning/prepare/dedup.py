@@ -26,7 +26,7 @@ import numpy as np
 import xxhash
 from datasketch import MinHash, MinHashLSH
 
-from ring_lightning.data.prep_rows import (
+from ring_lightning.prepare.rows import (
     FEATURES, MARK_COLUMNS, Removal, StageRunner, is_kept, mark, rebatch, unbatch, user_text,
 )
 

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 from torch.utils.data import DataLoader
 
-from ring_lightning.data.prompt_stream import PromptSource
-from ring_lightning.data.prompts import PromptRow
+from ring_lightning.data.rollouts.stream import PromptSource
+from ring_lightning.rows import PromptRow
 from ring_lightning.eval.rollout_eval import RolloutEvaluator, eval_dataloader
 from ring_lightning.rewards.base import Reward
 

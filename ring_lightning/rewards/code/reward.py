@@ -46,14 +46,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ring_lightning.data.prompts import PromptRow
-from ring_lightning.rewards.assert_probes import AssertTestError, Probe, compile_assert_tests, judge_event
+from ring_lightning.rows import PromptRow
+from ring_lightning.rewards.code.assert_probes import AssertTestError, Probe, compile_assert_tests, judge_event
 from ring_lightning.rewards.base import RewardResult
-from ring_lightning.rewards.code_harness import normalize_output
+from ring_lightning.rewards.code.harness import normalize_output
 from ring_lightning.rewards.extraction import last_fenced_block
-from ring_lightning.rewards.sandbox import Isolation, Sandbox
+from ring_lightning.rewards.code.sandbox import Isolation, Sandbox
 
-HARNESS_SOURCE = Path(__file__).with_name("code_harness.py").read_text()
+HARNESS_SOURCE = Path(__file__).with_name("harness.py").read_text()
 TEST_TYPES = ("stdio", "assert")
 
 

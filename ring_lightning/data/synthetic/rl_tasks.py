@@ -5,16 +5,16 @@ code and logic prompts (rule-based 0/1 rewards), then general RL on instruction-
 preference data. The real corpora cannot be downloaded here, so these generators make tiny prompts
 of the same *shape* — validated `PromptRow`s that the reward router scores exactly like file rows:
 
-* ``arithmetic`` / ``countdown`` / ``mixed``: the RL split of `data/synthetic.py`'s tasks (the
+* ``arithmetic`` / ``countdown`` / ``mixed``: the RL split of `data/synthetic/problems.py`'s tasks (the
   same problem family and prompt wording the synthetic long-CoT SFT data teaches, so an SFT'd tiny
   model already answers in ``\\boxed{}``). Arithmetic rows are domain "math" (integer answer);
   countdown rows are domain "logic" with ``meta = {"task": "countdown", "numbers", "target"}``.
 * ``arithmetic_steps``: arithmetic with explicit difficulty knobs (``min_ops``, ``max_ops``,
   ``max_operand``) and the same prompt wording, for curricula and quick CPU runs (``max_ops=1`` is a
   task a tiny model can learn within minutes of RL).
-* ``addition``: the sum of three digits (`data/synthetic.py`), domain "math" — the quickstart's
+* ``addition``: the sum of three digits (`data/synthetic/problems.py`), domain "math" — the quickstart's
   reasoning-RL task; by default drawn outside the fixed held-out partition (``split``).
-* ``instruction``: IFEval-style instruction-following prompts (`data/synthetic_instruction.py`),
+* ``instruction``: IFEval-style instruction-following prompts (`data/synthetic/instruction.py`),
   domain "instruction", each carrying ``instructions=[{"id", "kwargs"}]`` checked by
   `rewards/instruction.py` (bullet count, lowercase, keyword, word limit, no comma, end phrase;
   about 4,000 distinct prompts).
@@ -33,9 +33,9 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from ring_lightning.data import synthetic
-from ring_lightning.data.prompts import PromptRow, parse_row
-from ring_lightning.data.synthetic_instruction import INSTRUCTION_KINDS, instruction_prompt
+from ring_lightning.data.synthetic import problems as synthetic
+from ring_lightning.rows import PromptRow, parse_row
+from ring_lightning.data.synthetic.instruction import INSTRUCTION_KINDS, instruction_prompt
 
 RL_TASKS = ("arithmetic", "countdown", "mixed", "arithmetic_steps", "addition", "instruction")
 SPLITS = ("all", "train", "heldout")

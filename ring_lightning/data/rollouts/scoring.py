@@ -13,7 +13,7 @@ from typing import Literal
 
 import torch
 
-from ring_lightning.data.prompts import PromptRow
+from ring_lightning.rows import PromptRow
 from ring_lightning.rewards.base import RewardResult
 from ring_lightning.rl.advantages import assign_advantages
 from ring_lightning.rl.batch import Response

@@ -13,7 +13,7 @@ Where the report is silent or ambiguous, what we chose (knobs in brackets):
   generated inside the DataLoader: it yields a `RolloutRequest` ticket per step, and
   `C3POModule.training_step` calls `next_rollout()` *after* the previous step's weight sync. Step t
   (1-based) is therefore sampled by the weights of update t−1 [max_staleness=0].
-* Overlap [max_staleness=k >= 1]: a background thread (`data/rollout_ahead.py`) samples
+* Overlap [max_staleness=k >= 1]: a background thread (`data/rollouts/ahead.py`) samples
   (generation + rewards) up to k batches ahead with the weights current at that time; a weight sync
   waits for an in-flight generation, so a batch used at step t was sampled with weights at most k
   updates old. Stale responses train with their engine logprobs as π_old (the behaviour policy;
@@ -34,10 +34,10 @@ Where the report is silent or ambiguous, what we chose (knobs in brackets):
   their π_old logprobs computed by the trainer before this step's update (`logprob_fn`).
 * Stages: a stage is a named mixture of sources (`stages`) plus an optional reward override
   (`stage_rewards`); `set_stage(name)` switches at run time and the stage is checkpointed.
-* Held-out evaluation (`val_sources` / `test_sources`, `data/rollout_heldout.py`): pass@1 over n
+* Held-out evaluation (`val_sources` / `test_sources`, `data/rollouts/heldout.py`): pass@1 over n
   samples and unbiased pass@k per domain, sampled by this engine, scored by the current stage's reward.
-* Sampling, scoring, budgeting and the micro-batches of one step: `data/rollout_steps.py` (a mixin).
-* The engine, its weight version, lock and sleep state: `data/rollout_engine_slot.py`. Colocation:
+* Sampling, scoring, budgeting and the micro-batches of one step: `data/rollouts/sampler.py` (a mixin).
+* The engine, its weight version, lock and sleep state: `data/rollouts/engine_slot.py`. Colocation:
   with `max_staleness=0` the engine sleeps (a no-op unless it enables it) after each rollout.
 """
 
@@ -53,12 +53,12 @@ from lightning.pytorch.utilities import rank_zero_warn
 import torch
 from torch.utils.data import DataLoader
 
-from ring_lightning.data.prompt_stream import PromptSource, PromptStream
-from ring_lightning.data.rollout_ahead import AheadSampler
-from ring_lightning.data.rollout_engine_slot import EngineFactory, EngineSlot
-from ring_lightning.data.rollout_heldout import EvalSpec, HeldOutSets, validate_rows
-from ring_lightning.data.rollout_spec import BudgetSpec, RequestStream, RolloutRequest
-from ring_lightning.data.rollout_steps import RolloutSteps
+from ring_lightning.data.rollouts.stream import PromptSource, PromptStream
+from ring_lightning.data.rollouts.ahead import AheadSampler
+from ring_lightning.data.rollouts.engine_slot import EngineFactory, EngineSlot
+from ring_lightning.data.rollouts.heldout import EvalSpec, HeldOutSets, validate_rows
+from ring_lightning.data.rollouts.spec import BudgetSpec, RequestStream, RolloutRequest
+from ring_lightning.data.rollouts.sampler import RolloutSteps
 from ring_lightning.eval.rollout_eval import RolloutEvaluator
 from ring_lightning.rewards.base import Reward
 from ring_lightning.rl.batch import Response

@@ -21,7 +21,7 @@ generated tasks of the same shape:
   length both rise, the dynamics Ring-lite reports for reasoning RL. The gold answer (`answer`) is always the true sum; the
   trace's stated answer is `meta["stated_answer"]` when it differs.
 * ``instruction``: IFEval-style prompts (lowercase / word limit / no comma) answered by a short
-  sentence that complies only by chance (`data/synthetic_instruction.py`), the start of general RL.
+  sentence that complies only by chance (`data/synthetic/instruction.py`), the start of general RL.
 * ``quickstart``: ``addition`` and ``instruction`` interleaved 3:1 — the quickstart's SFT data.
 
 Everything is deterministic from `seed`. For ``arithmetic`` / ``countdown`` / ``mixed``, problems
@@ -29,7 +29,7 @@ are unique by question text and the held-out split ("val") is disjoint from "tra
 are cut from one de-duplicated sequence. ``addition`` / ``instruction`` / ``quickstart`` have
 small problem spaces (729 sums), so they use a fixed *held-out partition* instead (`is_heldout`:
 1 in 7 questions by the CRC-32 of the text): "train" draws (with repeats) only from the rest, "val"
-draws distinct held-out questions, and the RL tasks of `data/rl_tasks.py` use the same partition
+draws distinct held-out questions, and the RL tasks of `data/synthetic/rl_tasks.py` use the same partition
 — so a question of the held-out evaluation is never seen in SFT or RL training.
 These are deliberately tiny problems: they exercise the recipe on CPU, they are not a benchmark.
 """
@@ -41,7 +41,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ring_lightning.data.synthetic_instruction import QUICKSTART_KINDS, instruction_answer, instruction_prompt
+from ring_lightning.data.synthetic.instruction import QUICKSTART_KINDS, instruction_answer, instruction_prompt
 
 TASKS = ("arithmetic", "countdown", "mixed", "addition", "instruction", "quickstart")
 PARTITIONED_TASKS = ("addition", "instruction", "quickstart")  # held-out partition, see module docstring

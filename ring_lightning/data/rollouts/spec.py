@@ -1,6 +1,6 @@
 """The RL data module's small interface types: the per-step request ticket the DataLoader yields, the
 budget specification the LightningModule hands over, and one sampling round's result (see
-data/rollouts.py and rl/budget.py; Ring-lite, arXiv 2506.14731, §3.2: a token budget Φ per step).
+data/rollouts/datamodule.py and rl/budget.py; Ring-lite, arXiv 2506.14731, §3.2: a token budget Φ per step).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from ring_lightning.rl.budget import FillOrder, Overflow
 
 
 class RolloutRequest(NamedTuple):
-    """What the DataLoader yields per optimizer step: a ticket, not data (see data/rollouts.py)."""
+    """What the DataLoader yields per optimizer step: a ticket, not data (see data/rollouts/datamodule.py)."""
 
     index: int
 

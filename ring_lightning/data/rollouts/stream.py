@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ring_lightning.data.prompts import PromptRow
+from ring_lightning.rows import PromptRow
 
 
 @dataclass
@@ -33,7 +33,7 @@ class PromptSource:
 
     Args:
         path: a .jsonl / .parquet file or a local `datasets` directory (`data/prompts.py` schema).
-        task: a built-in task of `data/rl_tasks.py` ("arithmetic", "countdown", "mixed",
+        task: a built-in task of `data/synthetic/rl_tasks.py` ("arithmetic", "countdown", "mixed",
             "arithmetic_steps", "instruction").
         size: number of rows to generate for a built-in task.
         seed: generator seed of a built-in task.
@@ -56,7 +56,7 @@ class PromptSource:
 
             rows = load_prompts(self.path)
         else:
-            from ring_lightning.data.rl_tasks import rl_task_rows
+            from ring_lightning.data.synthetic.rl_tasks import rl_task_rows
 
             rows = rl_task_rows(self.task, self.size, self.seed, **self.task_kwargs)
         if not rows:

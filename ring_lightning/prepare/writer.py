@@ -17,7 +17,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ring_lightning.data.prep_rows import output_dict
+from ring_lightning.prepare.rows import output_dict
 
 PARQUET_SCHEMA = pa.schema([
     ("id", pa.string()), ("domain", pa.string()),

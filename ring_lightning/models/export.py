@@ -44,7 +44,7 @@ def export_policy(module: Any, directory: str | Path, dtype: str | None = None) 
     from transformers import AutoModelForCausalLM
 
     from ring_lightning.models.loading import to_dtype
-    from ring_lightning.modules.sharding import gather_full_state_dict
+    from ring_lightning.models.sharding import gather_full_state_dict
 
     if module.policy is None:
         raise RuntimeError("export_hf: the policy is not built yet (configure_model has not run)")

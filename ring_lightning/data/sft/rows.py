@@ -13,7 +13,7 @@ is an `SFTRowError` naming the file and the 0-based row, unless the caller skips
 Files are read through `datasets` in streaming mode (constant memory for large files):
 `.jsonl` / `.json` with the "json" builder, `.parquet` with the "parquet" builder, and a directory
 written by `Dataset.save_to_disk` with `load_from_disk` (its "train" split for a DatasetDict).
-`synthetic:<task>` reads the built-in generated data (data/synthetic.py).
+`synthetic:<task>` reads the built-in generated data (data/synthetic/problems.py).
 
 The loss mask comes from the tokenizer's chat template: `apply_chat_template(...,
 return_assistant_tokens_mask=True)` needs `{% generation %}` markers around assistant content (the
@@ -28,8 +28,8 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from ring_lightning.data.packing import TokenizedDoc
-from ring_lightning.data.synthetic import TASKS, sft_rows
+from ring_lightning.data.sft.packing import TokenizedDoc
+from ring_lightning.data.synthetic.problems import TASKS, sft_rows
 
 ROLES = ("system", "user", "assistant", "tool")
 SYNTHETIC_PREFIX = "synthetic:"

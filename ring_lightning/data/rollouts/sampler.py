@@ -1,6 +1,6 @@
 """One optimizer step's rollout data: sample (on-policy, or ahead in a background thread), score,
 apply the token budget and build this rank's micro-batches. A mixin of `RolloutDataModule`
-(`data/rollouts.py`), whose module docstring states the paper basis (Ring-lite, arXiv 2506.14731,
+(`data/rollouts/datamodule.py`), whose module docstring states the paper basis (Ring-lite, arXiv 2506.14731,
 §3.1–3.2, Eq. 1–6: K samples per prompt, group-normalised advantages, C3PO's greedy fill of exactly
 Φ tokens with the last response truncated) and the choices where the report is silent (on-policy
 timing, overlap, Φ per rank, refill rounds, carry-over).
@@ -15,11 +15,11 @@ from typing import Any
 
 import torch
 
-from ring_lightning.data import rollout_stats as stats
-from ring_lightning.data.prompts import PromptRow
-from ring_lightning.data.rollout_ahead import AheadSampler
-from ring_lightning.data.rollout_spec import Sampled
-from ring_lightning.data.scored_responses import check_completions, scored_responses
+from ring_lightning.data.rollouts import stats
+from ring_lightning.rows import PromptRow
+from ring_lightning.data.rollouts.ahead import AheadSampler
+from ring_lightning.data.rollouts.spec import Sampled
+from ring_lightning.data.rollouts.scoring import check_completions, scored_responses
 from ring_lightning.rewards.base import Reward
 from ring_lightning.rl.batch import Response, RolloutBatch, build_rank_batch, carry_over, collate
 from ring_lightning.rl.budget import BudgetPlan, select_all, select_budget, split_plan
