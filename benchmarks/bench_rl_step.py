@@ -37,6 +37,7 @@ Numbers depend on the machine and its load; nothing here is asserted.
 from __future__ import annotations
 
 import argparse
+import json
 import contextlib
 import os
 import statistics
@@ -174,14 +175,16 @@ def build(w: RLWorkload, mode: str, model: str, engine: str = "vllm", staleness:
     else:
         raise ValueError(f"unknown engine {engine!r}; expected 'vllm', 'hf' or 'hf-copy'")
     sizes = [f"--data.init_args.sources.{k}.size={v}" for k, v in (w.source_sizes or {}).items()]
+    knobs = {"kl_coef": w.kl_coef, "entropy_coef": w.entropy_coef, "clip_eps_low": w.clip_eps, "clip_eps_high": w.clip_eps}
+    if mode == "c3po":
+        knobs["token_budget"] = w.phi
+    objective = {"class_path": f"ring_lightning.rl.objectives.{mode.upper()}", "init_args": knobs}
     overrides = [
-        "-c", w.config, f"--model.init_args.model={model}", f"--model.init_args.loss_mode={mode}",
-        f"--model.init_args.token_budget={w.phi}", "--model.init_args.parity=false",
+        "-c", w.config, f"--model.init_args.model={model}", f"--model.init_args.objective={json.dumps(objective)}",
+        "--model.init_args.parity=false",
         f"--model.init_args.micro_batch_tokens={w.micro_batch_tokens}", f"--model.init_args.lr={w.lr}",
-        f"--model.init_args.warmup_steps={w.warmup_lr_steps}", f"--model.init_args.kl_coef={w.kl_coef}",
-        f"--model.init_args.entropy_coef={w.entropy_coef}",
+        f"--model.init_args.warmup_steps={w.warmup_lr_steps}",
         f"--model.init_args.router_aux_loss_coef={w.router_aux_loss_coef}",
-        f"--model.init_args.clip_eps_low={w.clip_eps}", f"--model.init_args.clip_eps_high={w.clip_eps}",
         f"--model.init_args.grad_clip={w.grad_clip}", "--model.init_args.activation_checkpointing=false",
         f"--trainer.max_steps={w.steps}", "--trainer.logger=false", "--trainer.callbacks=[]",
         "--trainer.enable_checkpointing=false",

@@ -69,7 +69,7 @@ def rl_args(layers: int = 2, steps: int = 5, prompts: int = 32, samples: int = 8
     """`fit` arguments of the C3PO part (configs/ring_lite_2507/rl_reasoning.yaml + overrides)."""
     return ["-c", str(REPO / "configs/ring_lite_2507/rl_reasoning.yaml"), *common_args(layers, steps),
             f"--model.init_args.activation_checkpointing={str(activation_checkpointing).lower()}",
-            f"--model.init_args.token_budget={phi}", f"--model.init_args.micro_batch_tokens={micro_batch_tokens}",
+            f"--model.init_args.objective.init_args.token_budget={phi}", f"--model.init_args.micro_batch_tokens={micro_batch_tokens}",
             "--model.init_args.warmup_steps=0",
             "--data.init_args.sources={arithmetic: {task: arithmetic_steps, size: 2000}, "
             "countdown: {task: countdown, size: 1000}}",

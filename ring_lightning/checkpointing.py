@@ -2,32 +2,7 @@
 a checkpoint that loads wrong, and the previous checkpoint stays loadable.
 
 Not a Ring-lite topic (arXiv 2506.14731 does not discuss checkpointing); standard practice for long
-runs. Lightning 2.6 falls short in four places, each handled here:
-
-* `TorchCheckpointIO` serialises the whole checkpoint into memory (2x host RAM), writes it through an
-  fsspec transaction whose temporary file lives in the *system* temp directory and is moved with
-  `shutil.move` — across file systems that is a copy onto the final path (a kill mid-copy leaves a
-  truncated checkpoint there), and nothing is fsync'ed (a power loss can leave an empty file after
-  the rename). `AtomicCheckpointIO` streams `torch.save` into a temporary file *in the target
-  directory*, flushes and fsyncs it, `os.replace`s it onto the final name and fsyncs the directory.
-  A crash leaves either the old file or the new one, plus at worst a `.<name>.tmp-*` leftover that
-  the next save of the same name removes (no `.ckpt` suffix, so `--ckpt_path last` never picks it).
-* `ModelParallelStrategy` (FSDP2) writes distributed checkpoint *directories* in place, bypassing
-  the CheckpointIO. `AtomicModelParallelStrategy` writes them into a temporary sibling directory and
-  publishes it with one rename (an atomic exchange, `renameat2(RENAME_EXCHANGE)`, when the name
-  already exists, as `last.ckpt` does; where the file system lacks it, two renames with a window in
-  which only `.<name>.old-*` exists).
-* `ModelCheckpoint(save_last="link")` deletes `last.ckpt` and then creates the symlink, and with
-  `save_top_k` rotation it deletes the link's old target before re-linking: a kill in between leaves
-  no or a dangling `last.ckpt`, and `--ckpt_path last` silently starts from scratch.
-  `AtomicModelCheckpoint` replaces the link atomically and defers deleting the link's current target
-  until the link points elsewhere. (`save_last=True` writes `last.ckpt` as a second full save,
-  which `AtomicCheckpointIO` already makes atomic; a kill between the step checkpoint and
-  `last.ckpt` then leaves the previous, complete `last.ckpt`.)
-
-`python -m ring_lightning fit` uses all three by default (cli.py; `--atomic_checkpoints=false` or a
-CheckpointIO of your own in `trainer.plugins` opts out). In a Python script pass
-`plugins=[AtomicCheckpointIO()]` to the Trainer and use the two classes in place of Lightning's.
+runs. Lightning 2.6 falls short in four places, each handled here: docs/design.md#checkpointing.
 """
 
 from __future__ import annotations

@@ -5,22 +5,7 @@
     python -m ring_lightning prepare ...                        RL prompt-set preparation (prepare/pipeline.py)
     python -m ring_lightning pipeline ...                       the whole recipe, stage after stage (pipeline.py)
 
-`fit`/`validate`/`test`/`predict` are Lightning's own CLI (jsonargparse): the model and data are
-given by `class_path` + `init_args` (subclass mode), several `-c` files compose left to right,
-`${...}` interpolation works (omegaconf parser mode), dotted overrides such as
-`--model.init_args.lr=1e-4` and `--trainer.callbacks+=callbacks.throughput.ThroughputLogger` work,
-and class paths resolve from the current directory (so the repo's top-level `callbacks/` plug-ins
-load when run from the repo root). A configuration error prints one line naming the key or file
-and exits with status 2; set RING_LIGHTNING_DEBUG=1 for the full traceback.
-
-Checkpoints are crash-safe by default (ring_lightning/checkpointing.py): a kill -9 during a save
-leaves the previous checkpoint loadable and never a partial file under a checkpoint name. The CLI
-adds `AtomicCheckpointIO` to `trainer.plugins` (unless a CheckpointIO is given there or to the
-strategy) and runs Lightning's `ModelCheckpoint` and `ModelParallelStrategy` as their atomic
-subclasses `AtomicModelCheckpoint` / `AtomicModelParallelStrategy` (same arguments; the saved
-config.yaml shows them). Opt out with `--atomic_checkpoints=false` (or `atomic_checkpoints: false`
-at the top of a config); to keep the substitutions but write files your own way, put your own
-CheckpointIO in `trainer.plugins`.
+Choices and details: docs/design.md#cli.
 """
 
 from __future__ import annotations

@@ -6,40 +6,7 @@ distillation/RL interplay study), not the last one. `python -m ring_lightning pi
 pipeline.yaml` runs that chain. Each stage is an ordinary `fit` config (runnable alone with
 `python -m ring_lightning fit -c <config>`) plus per-stage overrides, run as a subprocess
 `python -m ring_lightning fit ...` so vLLM / Lightning / distributed state never leaks between
-stages. What the pipeline adds to each stage's command line:
-
-* `--trainer.default_root_dir=<run_dir>/<stage>`, and a `ModelCheckpoint` appended to the callbacks
-  (`dirpath=<run_dir>/<stage>/checkpoints`, `save_last=True`, every `checkpoint_every_n_steps`), so
-  an interrupted stage can resume with `--ckpt_path last`; for `kind: rl` one more saving the final
-  weights at fit end (`checkpoints/end/last.ckpt`; the export takes the checkpoint of the highest step);
-* `<init_arg>=<model>` where `<model>` is the exported HF directory of the stage named by
-  `init_from` (default: the previous stage), e.g. `--model.init_args.model=runs/x/sft/export`.
-
-Stage outputs. `kind: sft`: the RL-readiness selector's decision (`readiness_json`, written by
-`RLReadinessSelector`); its export (`exported_to`) is used when present, else the pipeline exports
-the chosen checkpoint. `kind: rl`: the stage's `last.ckpt`, exported with the module class. An
-HF directory the stage itself wrote at `<stage>/export` during this attempt is used as is. Every
-export gets `ring_lightning_meta.json` with the SFT token count (`sft_tokens_seen`) so the next RL
-stage (C3POModule.sft_tokens, TokenEfficiency) knows the token-efficiency denominator.
-
-Each stage runs with the environment variable `RING_LIGHTNING_STAGE_DIR=<run_dir>/<stage>` (the
-quickstart configs put their CSV / TensorBoard logs there: `save_dir: ${oc.env:RING_LIGHTNING_STAGE_DIR,...}`).
-
-Held-out evaluation and report (`evaluation`, `report`). After each stage the pipeline scores the
-stage's export on held-out prompts in its own process (`eval/heldout.py`: pass@1 over n samples
-± standard error, pass@k, per set and domain) and stores the result in the state file under the
-stage (`eval`) and in `<run_dir>/<stage>/heldout.json`; a re-run does not redo an evaluation
-whose model and settings are unchanged. At the end it writes `<run_dir>/report.md` with PNG
-curves (`report.py`). It prints one line when a stage or evaluation starts and ends, with the
-elapsed time since the pipeline started; the stage's own output (progress bar included) goes to
-`<run_dir>/<stage>/stage.log`.
-
-State. `<run_dir>/pipeline_state.json` (written atomically: temp file + `os.replace`) records for
-each stage its status ("started", "failed", "finished"), attempts, command and outputs. Re-running
-the same pipeline skips finished stages, resumes a started/failed one with `--ckpt_path last`
-(Lightning starts fresh, with a warning, when no checkpoint was written yet) and continues.
-With a logger-less stage, the previous attempt's `config.yaml` (LightningCLI's SaveConfigCallback
-refuses to overwrite it) is renamed `config.attempt-<n>.yaml` before the retry.
+stages. What the pipeline adds to each stage's command line: docs/design.md#pipeline.
 """
 
 from __future__ import annotations
@@ -57,9 +24,9 @@ from ring_lightning.eval.heldout import ExportEvaluator, HeldoutEval, summary_li
 from ring_lightning.stage_outputs import ckpt_sft_tokens, enable_kv_cache, fresh_export, latest_checkpoint
 
 STATE_FILE = "pipeline_state.json"
-META_FILE = "ring_lightning_meta.json"
+from ring_lightning.models.export import META_FILE  # noqa: E402  (one definition: models/export.py)
 STAGE_DIR_ENV = "RING_LIGHTNING_STAGE_DIR"
-DEFAULT_MODULES = {"sft": "ring_lightning.modules.sft.SFTModule", "rl": "ring_lightning.modules.c3po.C3POModule"}
+DEFAULT_MODULES = {"sft": "ring_lightning.modules.sft.SFTModule", "rl": "ring_lightning.modules.rl.RLModule"}
 
 
 class PipelineError(RuntimeError):

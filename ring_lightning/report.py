@@ -10,15 +10,7 @@ several samples. This file draws those from what a `pipeline` run leaves behind:
 * each stage's CSV logs, `<run_dir>/<stage>/**/metrics.csv` (Lightning's CSVLogger; a resumed
   stage writes a new `version_N`, later versions override the same steps).
 
-Curves (one panel per stage, in order: the panel borders are the stage boundaries): reward (RL `reward/mean`
-and per domain; SFT: EntropyMonitor's held-out `sft/pass@1`), entropy (`train/entropy`,
-`sft/entropy`), response length (`rollout/response_length_mean`, `sft/response_length`), tokens per
-step (`train/loss_tokens`) and training loss. A curve with no data in any stage is left out.
-Choices: a metric logged several times at one step keeps the last value; the held-out table gives
-pass@1 ± its standard error and the change between consecutive stages with the paired standard
-error (same problems, same sampling seeds).
-
-    python -m ring_lightning.report runs/quickstart_pipeline      # (re)build the report of a run
+Choices and details: docs/design.md#report.
 """
 
 from __future__ import annotations

@@ -75,6 +75,39 @@ class PromptRow:
         return d
 
 
+def _messages(raw: Mapping[str, Any], fail) -> list[dict[str, str]]:
+    if raw.get("messages") is not None:
+        msgs = raw["messages"]
+        if not isinstance(msgs, (list, tuple)) or not msgs:
+            raise fail("'messages' must be a non-empty list of {role, content}")
+        messages = []
+        for j, m in enumerate(msgs):
+            if not isinstance(m, Mapping) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+                raise fail(f"messages[{j}] must be {{'role': one of {ROLES}, 'content': str}}, got {m!r}")
+            messages.append({"role": m["role"], "content": m["content"]})
+    elif isinstance(raw.get("prompt"), str) and raw["prompt"].strip():
+        messages = [{"role": "user", "content": raw["prompt"]}]
+    else:
+        raise fail("needs a non-empty 'prompt' string or a 'messages' list")
+    return messages
+
+
+def _instructions(instructions: Any, fail) -> tuple[dict[str, Any], ...] | None:
+    if instructions is None:
+        return None
+    if isinstance(instructions, str):
+        try:
+            instructions = json.loads(instructions)
+        except json.JSONDecodeError as e:
+            raise fail(f"'instructions' is not valid JSON: {e}") from None
+    if not isinstance(instructions, (list, tuple)) or not all(
+        isinstance(i, Mapping) and isinstance(i.get("id"), str) for i in instructions
+    ):
+        raise fail("'instructions' must be a list of {'id': str, 'kwargs': {...}}")
+    instructions = tuple({"id": i["id"], "kwargs": dict(i.get("kwargs") or {})} for i in instructions)
+    return instructions
+
+
 def parse_row(raw: Mapping[str, Any], where: str) -> PromptRow:
     """Validate one raw row. `where` names it in errors, e.g. "data/math.jsonl row 12"."""
 
@@ -89,19 +122,7 @@ def parse_row(raw: Mapping[str, Any], where: str) -> PromptRow:
     row_id = raw.get("id")
     if row_id is None or str(row_id) == "":
         raise fail("missing 'id'")
-    if raw.get("messages") is not None:
-        msgs = raw["messages"]
-        if not isinstance(msgs, (list, tuple)) or not msgs:
-            raise fail("'messages' must be a non-empty list of {role, content}")
-        messages = []
-        for j, m in enumerate(msgs):
-            if not isinstance(m, Mapping) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
-                raise fail(f"messages[{j}] must be {{'role': one of {ROLES}, 'content': str}}, got {m!r}")
-            messages.append({"role": m["role"], "content": m["content"]})
-    elif isinstance(raw.get("prompt"), str) and raw["prompt"].strip():
-        messages = [{"role": "user", "content": raw["prompt"]}]
-    else:
-        raise fail("needs a non-empty 'prompt' string or a 'messages' list")
+    messages = _messages(raw, fail)
     need = REQUIRED_FIELD[domain]
     if need is not None and raw.get(need) in (None, "", [], {}):
         raise fail(f"domain {domain!r} needs the field {need!r}")
@@ -117,18 +138,7 @@ def parse_row(raw: Mapping[str, Any], where: str) -> PromptRow:
                 raise fail(f"'tests' is not valid JSON: {e}") from None
         if not isinstance(tests, Mapping):
             raise fail("'tests' must be an object")
-    instructions = raw.get("instructions")
-    if instructions is not None:
-        if isinstance(instructions, str):
-            try:
-                instructions = json.loads(instructions)
-            except json.JSONDecodeError as e:
-                raise fail(f"'instructions' is not valid JSON: {e}") from None
-        if not isinstance(instructions, (list, tuple)) or not all(
-            isinstance(i, Mapping) and isinstance(i.get("id"), str) for i in instructions
-        ):
-            raise fail("'instructions' must be a list of {'id': str, 'kwargs': {...}}")
-        instructions = tuple({"id": i["id"], "kwargs": dict(i.get("kwargs") or {})} for i in instructions)
+    instructions = _instructions(raw.get("instructions"), fail)
     meta = raw.get("meta") or {}
     if isinstance(meta, str):
         try:

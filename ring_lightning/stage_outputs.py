@@ -55,7 +55,7 @@ def latest_checkpoint(paths: list[Path]) -> str:
 
 
 def ckpt_sft_tokens(ckpt: str) -> int | None:
-    """The SFT token count an RL checkpoint carries (C3POModule's `c3po.sft_tokens`)."""
+    """The SFT token count an RL checkpoint carries (RLModule's `c3po.sft_tokens`)."""
     from ring_lightning.checkpointing import checkpoint_metadata
 
     value = (checkpoint_metadata(ckpt).get("c3po") or {}).get("sft_tokens")

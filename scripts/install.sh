@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs ring_lightning into ./.venv with the CPU vLLM engine and test tools.
 # Usage: bash scripts/install.sh [EXTRAS]   (default EXTRAS: cpu,dev)
-# On a GPU cluster use: EXTRAS=gpu,dev (see README, "GPU clusters").
+# On a GPU cluster use: EXTRAS=gpu,dev (see docs/design.md, "GPU clusters").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EXTRAS="${1:-${EXTRAS:-cpu,dev}}"

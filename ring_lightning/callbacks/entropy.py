@@ -8,32 +8,7 @@ SFT checkpoint whose entropy lies in 0.3–0.5 and compares recipes by token eff
 (# RL training tokens) / (# SFT training tokens). (Band and definition as summarised in the
 project's SFT-stage issue; the section numbering of the report was not re-checked here.)
 
-What the report leaves open, and what this file chooses:
-
-* Which prompts. "Entropy loss" in RL frameworks is measured on rollouts of the RL prompts at RL
-  step 0. We measure it before RL, on held-out prompts (a list, a prompt file, or the synthetic
-  task's val split) so it can be tracked during SFT; use prompts like the RL set.
-* Which distribution. The entropy H(softmax(z / T)) of the full vocabulary distribution at every
-  position that produced a sampled response token, where z are the raw logits (no top-k / top-p /
-  repetition penalty: the model's own `generation_config` is swapped out during sampling) and T is
-  the sampling temperature (default 1.0: the policy's own distribution, what an RL "entropy loss"
-  at temperature 1 reports).
-  Prompt and padding positions are excluded; the EOS position is included (the policy chose it).
-* Aggregation. Token mean over all response tokens of all samples (verl's "token-mean"), in nats.
-* Noise. The same seeds are used at every measurement (common random numbers), so successive
-  checkpoints are compared on the same sampling noise. The training RNG is untouched (`fork_rng`).
-
-Distributed (DDP / FSDP2): the flattened (prompt, sample) list is cut into global batches of
-`batch_size`; rank r generates batches r, r + W, r + 2W, ... and each batch is seeded with
-`seed + batch index`, so the result does not depend on the world size. Every rank runs the same
-number of `generate` calls (a rank without a batch in the last round runs a zero-weight dummy)
-and `generate(synced_gpus=True)` keeps all ranks stepping until every rank is done, because an
-FSDP2 forward all-gathers parameters and would deadlock if one rank stopped early. Sums (entropy,
-tokens, samples, rewards) are all-reduced, so every rank logs the same numbers.
-
-Cost: this is plain HF `generate` on the training policy (under FSDP2 one parameter all-gather per
-generated token). At Ring-lite scale keep prompts x samples x max_new_tokens modest and measure
-every few validations; responses cut at `max_new_tokens` are logged as `response_truncated`.
+What the report leaves open, and what this file chooses: docs/design.md#callbacks-entropy.
 """
 
 from __future__ import annotations

@@ -4,21 +4,9 @@ Ring-lite (arXiv 2506.14731, §4.3 and the distillation/RL interplay study) obse
 low-entropy start collapses the policy entropy and then plateaus, and keeps entropy in check with
 a small entropy bonus (5e-4) and by choosing the RL start checkpoint by entropy. The report gives
 no run-time rule; this callback is ours. After every optimizer step it reads the policy entropy
-(`metric`, default `train/entropy`: C3POModule's token-mean entropy of the trained tokens) and
-counts consecutive steps below `threshold`. When the count reaches `patience` it acts per `action`:
-
-* "warn": a warning naming the step and value;
-* "stop": `trainer.should_stop = True` (the run ends after this step, checkpoints intact);
-* "raise_entropy_coef": multiply the module's entropy coefficient (`coef_path`, default
-  `loss_kwargs.entropy_coef`, where C3POModule keeps it) by `factor`, capped at `max_coef`; once at
-  the cap it warns instead.
-
-After an action the count restarts, so a still-low entropy acts again after another `patience`
-steps. It logs `guard/entropy_low_steps` (the current count), `guard/actions` (actions so far) and,
-for "raise_entropy_coef", `guard/entropy_coef`. The raised coefficient and the counters are saved
-in the callback state and re-applied on resume (the module is rebuilt from its config, which holds
-the original coefficient). The decision reads only the module-logged metric, so callback order does
-not matter.
+(`metric`, default `train/entropy`: RLModule's token-mean entropy of the trained tokens) and
+counts consecutive steps below `threshold`. When the count reaches `patience` it acts per
+`action`: docs/design.md#callbacks-entropy-guard.
 """
 
 from __future__ import annotations
@@ -37,12 +25,14 @@ class EntropyCollapseGuard(Callback):
     """Watch the policy entropy; warn, stop, or raise the entropy bonus when it collapses.
 
     Args:
-        metric: the logged policy-entropy metric (C3POModule: "train/entropy").
+        metric: the logged policy-entropy metric (RLModule: "train/entropy").
         threshold: entropy (nats) below which a step counts as low.
         patience: consecutive low steps before acting.
         action: "warn", "stop" or "raise_entropy_coef".
         factor: "raise_entropy_coef": multiplier of the coefficient per action (> 1).
         max_coef: "raise_entropy_coef": the coefficient is never raised above this.
+        start_coef: "raise_entropy_coef": the value a zero (or smaller) coefficient is first raised to;
+            None = max_coef / factor**3 (three raises from the start to the cap).
         coef_path: dotted path of the entropy coefficient on the LightningModule.
     """
 
@@ -54,7 +44,8 @@ class EntropyCollapseGuard(Callback):
         action: Action = "warn",
         factor: float = 2.0,
         max_coef: float = 1e-2,
-        coef_path: str = "loss_kwargs.entropy_coef",
+        coef_path: str = "objective.entropy_coef",
+        start_coef: float | None = None,
     ) -> None:
         if action not in ("warn", "stop", "raise_entropy_coef"):
             raise ValueError(f"EntropyCollapseGuard: action must be 'warn', 'stop' or 'raise_entropy_coef', got {action!r}")
@@ -64,7 +55,10 @@ class EntropyCollapseGuard(Callback):
             raise ValueError(f"EntropyCollapseGuard: raise_entropy_coef needs factor > 1 and max_coef > 0, "
                              f"got factor={factor}, max_coef={max_coef}")
         self.metric, self.threshold, self.patience, self.action = metric, threshold, patience, action
+        if start_coef is not None and not 0 < start_coef <= max_coef:
+            raise ValueError(f"EntropyCollapseGuard: start_coef must be in (0, max_coef={max_coef}], got {start_coef}")
         self.factor, self.max_coef, self.coef_path = factor, max_coef, coef_path
+        self.start_coef = start_coef if start_coef is not None else max_coef / factor ** 3
         self.low_steps = 0
         self.actions = 0
         self.coef: float | None = None  # the coefficient this guard set (None = untouched)
@@ -99,7 +93,7 @@ class EntropyCollapseGuard(Callback):
             rank_zero_warn(f"EntropyCollapseGuard: {what}; stopping training")
         else:
             old = float(get_knob(pl_module, self.coef_path))
-            new = min(old * self.factor, self.max_coef)
+            new = min(max(old * self.factor, self.start_coef), self.max_coef)  # a 0 coefficient can rise
             if new <= old:
                 event["action"] = "warn_at_max_coef"
                 rank_zero_warn(f"EntropyCollapseGuard: {what}; {self.coef_path} is already at max_coef="

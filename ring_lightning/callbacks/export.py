@@ -6,16 +6,7 @@ directory, so the export is a plain `save_pretrained` directory: config.json, sa
 (transformers >= 5 writes MoE experts under the per-expert names vLLM's loaders expect, see
 FINDINGS), generation_config.json and the tokenizer files.
 
-How: rebuild the LightningModule from the checkpoint's saved hyper-parameters (Lightning's own
-`load_from_checkpoint` path: `__init__`, `configure_model`, `on_load_checkpoint`, strict
-`load_state_dict`), then write `module.export_hf(out_dir)` when the module has it, else
-`module.policy.save_pretrained` + `module.tokenizer.save_pretrained`. A distributed (FSDP2 /
-ModelParallelStrategy) checkpoint directory is first consolidated into one state dict on CPU.
-`SFTModule.export_hf` (and C3POModule's) also writes `ring_lightning_meta.json` with the token
-counters restored from the checkpoint (`sft_tokens_seen`, the RL stage's token-efficiency
-denominator). The directory is written beside the target, fsync'ed and moved into place in one
-rename (an atomic exchange when an earlier export is replaced: ring_lightning/checkpointing.py), so
-a reader never sees a half-written export, and a crash leaves the previous export whole.
+Choices and details: docs/design.md#callbacks-export.
 """
 
 from __future__ import annotations

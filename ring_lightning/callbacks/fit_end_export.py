@@ -24,7 +24,7 @@ from ring_lightning.stage_outputs import enable_kv_cache
 
 
 class FitEndExport(Callback):
-    """Write `pl_module.export_hf(...)` (SFTModule, C3POModule) to `dirpath` at the end of a completed fit.
+    """Write `pl_module.export_hf(...)` (SFTModule, RLModule) to `dirpath` at the end of a completed fit.
 
     Args:
         dirpath: the HF directory to write (replaced when it holds an earlier export).
@@ -41,7 +41,7 @@ class FitEndExport(Callback):
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not callable(getattr(pl_module, "export_hf", None)):
             raise TypeError(f"FitEndExport needs a LightningModule with export_hf(directory, dtype) "
-                            f"(SFTModule, C3POModule); {type(pl_module).__name__} has none")
+                            f"(SFTModule, RLModule); {type(pl_module).__name__} has none")
         self._check_target()  # fail before training, not after it
 
     def _check_target(self) -> None:

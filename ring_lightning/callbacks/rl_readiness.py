@@ -9,21 +9,7 @@ token efficiency = (# RL training tokens) / (# SFT training tokens). Each candid
 the SFT tokens it consumed (`pl_module.sft_tokens_seen`), the denominator of that ratio. (Band and
 definition as summarised in the project's SFT-stage issue; section numbers not re-checked here.)
 
-Ambiguities and choices:
-
-* Inside the band the report does not say how to pick. Default rule "accuracy": highest held-out
-  pass@1, ties -> fewer SFT tokens (cheaper, more token-efficient), then earlier step. Other rules:
-  "fewest_tokens" (earliest in-band checkpoint, ties -> accuracy) and "band_center".
-* When no candidate is in the band the report gives no rule. We fall back to the candidate closest
-  to the band (ties by the rule) and say so: `fallback: true`, the reason, and a warning.
-* Stage transition: entropy below the band for `stop_after_below_band` consecutive measurements
-  means more SFT only lowers it further; we then stop the SFT stage (`trainer.should_stop`).
-
-Callback order: `EntropyMonitor` logs `sft/entropy` in `on_validation_epoch_end`; this selector
-reads `trainer.callback_metrics` in `on_validation_end`, which Lightning runs after every
-callback's `on_validation_epoch_end`, so the order of the two in `callbacks` does not matter. A
-metric not re-logged during this validation (the monitor skipped it) is detected by object
-identity against a snapshot taken in `on_validation_start`, and no candidate is recorded.
+Ambiguities and choices: docs/design.md#callbacks-rl-readiness.
 """
 
 from __future__ import annotations

@@ -8,25 +8,10 @@ mechanical rule, so this callback offers three configurable triggers (any of tho
 * "steps": the current stage has run `after_steps` optimizer steps;
 * "plateau": the EMA of a metric (default `reward/mean`, EMA decay `ema_decay`) has not improved
   by more than `min_delta` for `patience` consecutive steps (mode "max": higher is better);
-* "entropy_band": the policy entropy (default `train/entropy`, C3POModule's metric) has been
+* "entropy_band": the policy entropy (default `train/entropy`, RLModule's metric) has been
   outside `entropy_band` for `entropy_patience` consecutive steps.
 
-No trigger fires before the stage has run `min_stage_steps` steps. On a move the callback calls
-`datamodule.set_stage(next)` (RolloutDataModule: new prompt mixture and reward router from the next
-draw on), multiplies the learning rate by `lr_scale[next]` (param groups *and* the schedulers'
-`base_lrs`, so a LambdaLR keeps the scale), and sets `module_knobs[next]` on the LightningModule
-(dotted paths such as `loss_kwargs.entropy_coef`). It logs `stage/index` and
-`stage/steps_in_stage` every step.
-
-Resume: the callback's `state_dict` holds the stage index, the step the stage began and the
-trigger trackers. On restore the datamodule is moved to that stage if it is elsewhere and the
-module knobs of every entered stage are re-applied; the learning-rate scale is *not* re-applied
-(the restored optimizer and scheduler states already carry it).
-
-Callback order: decisions read `trainer.callback_metrics` (logged by the LightningModule in
-`training_step`, before any `on_train_batch_end`) and act on the datamodule / module only, so the
-position among other callbacks does not matter; Lightning runs checkpoint callbacks after all
-others, so a checkpoint taken at a step already holds that step's move.
+Choices and details: docs/design.md#callbacks-stage-transition.
 """
 
 from __future__ import annotations
@@ -96,7 +81,7 @@ class StageTransition(Callback):
         entropy_patience: "entropy_band": consecutive steps outside the band before the move.
         lr_scale: stage name -> factor multiplying the learning rate on entering that stage.
         module_knobs: stage name -> {dotted attribute path on the LightningModule: value} set on
-            entering that stage (e.g. {"general": {"loss_kwargs.entropy_coef": 1e-3}}).
+            entering that stage (e.g. {"general": {"objective.entropy_coef": 1e-3}}).
     """
 
     def __init__(

@@ -2,19 +2,8 @@
 
 Ring-lite (arXiv 2506.14731, the distillation/RL interplay study) compares recipes by token
 efficiency = (# RL training tokens) / (# SFT training tokens) of the SFT checkpoint the RL stage
-started from. Numerator: `pl_module.rl_tokens_trained` (C3POModule: loss tokens of all ranks, i.e.
-Φ per step in c3po mode; restored on resume). Denominator, first found of:
-
-1. `sft_tokens` given explicitly;
-2. `sft_source`: a model directory with `ring_lightning_meta.json` (`sft_tokens_seen`), that JSON
-   file itself, an `rl_readiness.json` (its `chosen.sft_tokens`), or a Lightning SFT checkpoint
-   (a `.ckpt` file or an FSDP2 checkpoint directory, its `sft_tokens_seen` entry);
-3. `pl_module.sft_tokens` (C3POModule reads it from the starting model directory's
-   `ring_lightning_meta.json` and carries it in its checkpoints).
-
-"SFT tokens" is what the SFT stage counted (`SFTModule.sft_tokens_seen`: non-padding tokens
-trained on); the report does not say whether prompt tokens count — we use SFT's own count. A
-missing or zero denominator is an error at train start (no silent 0 / inf).
+started from. Numerator: `pl_module.rl_tokens_trained` (RLModule: loss tokens of all ranks, i.e.
+Φ per step in c3po mode; restored on resume). Denominator, first found of: docs/design.md#callbacks-token-efficiency.
 """
 
 from __future__ import annotations
@@ -28,7 +17,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 
 from ring_lightning.callbacks.stage_transition import get_knob
 
-META_FILE = "ring_lightning_meta.json"
+from ring_lightning.models.export import META_FILE  # noqa: E402  (one definition: models/export.py)
 
 
 def read_sft_tokens(source: str | Path) -> int:

@@ -5,23 +5,7 @@ and reporting the average pass@1, scored by the same verifiers as the RL rewards
 (`ring_lightning/pipeline.py`) runs this after every stage on the stage's HF export, so the report
 can show what SFT, reasoning RL and general RL each changed, on prompts no stage trained on.
 
-What the report leaves open, and what we chose:
-
-* Prompts: named sets of `PromptSource`s (files or built-in tasks). For the quickstart, the built-in
-  tasks' held-out partition (`split: heldout`, `data/synthetic.is_heldout`): no SFT or RL stage ever
-  sees those questions.
-* Sampling: the training temperature (1.0) by default — pass@1 at temperature 1 is what RL at
-  temperature 1 optimises, so it is where its effect shows; fixed seeds, so every checkpoint is
-  scored on the same prompts with the same sampling seeds.
-* Correct: reward >= `correct_threshold` and valid (`eval/passk.is_correct`); for instruction
-  prompts that is "every instruction followed" (IFEval's strict prompt-level accuracy).
-* Noise: `pass@1_se` is the standard error of the mean over problems of the per-problem pass rate
-  c/n (sample standard deviation / sqrt(#problems)); it covers both the choice of problems and the
-  sampling. Per-problem counts are kept (`num_correct`) so two models scored on the same problems
-  can be compared by a paired difference (`paired_difference`), which has a smaller error.
-* Engine: the HF engine (`rollout/hf_engine.py`) by default: for the tiny quickstart model it is
-  faster than starting a vLLM engine (measured: no ~16 s engine start). "vllm" is available for
-  larger models.
+What the report leaves open, and what we chose: docs/design.md#eval-heldout.
 """
 
 from __future__ import annotations

@@ -6,14 +6,7 @@ verifiers as the RL rewards. We report that and, for k > 1, the unbiased pass@k 
 (2021, "Evaluating Large Language Models Trained on Code", Eq. 1): with n samples of which c are
 correct, pass@k = 1 − C(n−c, k) / C(n, k), averaged over problems.
 
-Choices where the report is silent:
-
-* "Correct" = a valid reward result with reward >= `correct_threshold` (1.0: the verifiable rewards
-  are 0/1). An invalid result (e.g. a gold answer that does not parse) counts as incorrect.
-* pass@1 is the mean of c/n over problems (each problem weighs the same, whatever its n).
-* Every problem needs n >= k for each reported k; fewer samples is an error (no silent clipping).
-* Across data-parallel ranks each rank evaluates its own problems; the Metric holds sums
-  (`dist_reduce_fx="sum"`), so the result equals the single-process one whatever the split.
+Choices where the report is silent: docs/design.md#eval-passk.
 """
 
 from __future__ import annotations

@@ -3,21 +3,7 @@
 Ring-lite (arXiv 2506.14731, §5) evaluates with several samples per problem and reports the
 average pass@1; we add the unbiased pass@k (`eval/passk.py`). This file holds the pieces an RL
 LightningModule uses in `validation_step` / `test_step` (so `python -m ring_lightning validate|test
--c ...` reports them):
-
-* `eval_dataloader(rows, batch_size)`: `EvalBatch`es of `PromptRow`s. Each data-parallel rank takes rows
-  i ≡ rank (mod world size) — no padding or repeats (a DistributedSampler would repeat rows to even
-  out the ranks and bias the counts); it is an IterableDataset, so Lightning does not replace it.
-* `RolloutEvaluator`: samples n responses per row with the rollout engine, scores them with the
-  training reward (router) and updates torchmetrics `PassAtK` metrics — one over all problems and
-  one per domain (all of `data/prompts.DOMAINS`, so every rank holds the same metric set and the
-  sum reduction lines up), plus sample-weighted means of the raw reward and the response length.
-  `results(prefix)` syncs, returns `{prefix}/pass@k`, `{prefix}/<domain>/pass@k`,
-  `{prefix}/reward_mean` and `{prefix}/response_length_mean`, and resets.
-
-Choices: the sampling seed of a batch is `seed + batch_index * 7919 + rank` (fixed across
-evaluations: the same noise for every checkpoint); the engine samples at `temperature`/`top_p`
-(the report does not pin them down for every benchmark: set your evaluation protocol's values).
+-c ...` reports them): docs/design.md#eval-rollout-eval.
 """
 
 from __future__ import annotations

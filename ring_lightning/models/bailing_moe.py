@@ -10,25 +10,7 @@ RMSNorm, top-k softmax router with renormalisation when `norm_topk_prob`, `route
 the routed sum, one shared-expert MLP of width `num_shared_experts * moe_intermediate_size`, dense MLPs
 for the first `first_k_dense_replace` layers, NormHead).
 
-Where sources disagree and what we chose:
-- NormHead: vLLM and Ling normalise `lm_head.weight` [V, H] with an L2 norm over dim 0 (for each hidden
-  unit, across the vocabulary), i.e. not per output row; we do the same at every forward and, like
-  Ling's training path, treat the norm as a constant in backward (detached). Checkpoints keep the raw
-  weight (vLLM normalises at load time).
-- Biases: Ling's remote code never puts biases on MLPs; vLLM uses `use_bias` for MLPs and `dense` and
-  `use_bias or use_qkv_bias` for `query_key_value`. We follow vLLM (published configs have both False).
-- The router's matmul runs in the model dtype (fp32 when `router_dtype="fp32"`, as in vLLM); softmax,
-  top-k and renormalisation always run in fp32.
-- The input embedding has no `padding_idx` (Ling sets one, which freezes that row; Ling-lite's pad id
-  is also its eos id).
-- Not supported (rejected at config time): sigmoid scoring / expert bias / grouped top-k and q/k
-  norms, which are BailingMoeV2 (Ling 2.0) features, not Ling-lite / Ring-lite ones.
-
-Packed sequences: pass `position_ids` [B, T] that restart at 0 for every document. With no cache (or an
-empty one) we derive document ids from them (transformers' `find_packed_sequence_indices`) and AND a
-same-document mask into the causal mask, whether `attention_mask` is None or a 2D padding mask.
-Alternatively pass a 4D `attention_mask` [B, 1, T, T]: bool (True = may attend) or additive float
-(0 / -inf); it is used as is (bool is converted to additive for the eager kernel).
+Choices and details: docs/design.md#models-bailing-moe.
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ def export_policy(module: Any, directory: str | Path, dtype: str | None = None) 
     RL token counts). Collective under FSDP2; rank 0 writes and returns the directory (None elsewhere).
 
     Args:
-        module: a built C3POModule (policy, tokenizer, token counters).
+        module: a built RLModule (policy, tokenizer, token counters).
         directory: output directory (created).
         dtype: dtype of the saved weights; None = the parameter dtype.
     """

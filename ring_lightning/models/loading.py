@@ -42,6 +42,15 @@ def to_dtype(dtype: str | torch.dtype) -> torch.dtype:
     return DTYPES[dtype]
 
 
+def checkpoint_tokenizer(model: str | Path) -> Path | None:
+    """`model` when it is a directory holding a tokenizer (tokenizer.json / tokenizer_config.json), else None
+    (a preset name, or a checkpoint without one: the shipped tokenizer is used)."""
+    path = Path(str(model))
+    if path.is_dir() and any((path / f).exists() for f in ("tokenizer.json", "tokenizer_config.json")):
+        return path
+    return None
+
+
 def load_tokenizer(path: str | Path | None = None) -> PreTrainedTokenizerBase:
     """Load a tokenizer from a local directory (default: the shipped one)."""
     path = Path(path) if path is not None else shipped_tokenizer_dir()
@@ -145,8 +154,29 @@ def load_policy(
             raise ModelLoadError(f"model weights in {path} cannot be loaded ({type(e).__name__}: {_first_line(e)}); "
                                  f"files: {', '.join(sorted(weights))}. Re-export the checkpoint (a file may be "
                                  "truncated) or check that config.json matches the weights") from e
-        has_tok = (path / "tokenizer.json").exists() or (path / "tokenizer_config.json").exists()
-        tok_dir = tokenizer if tokenizer is not None else (path if has_tok else None)
+        tok_dir = tokenizer if tokenizer is not None else checkpoint_tokenizer(path)
     tok = load_tokenizer(tok_dir)
     _check_vocab(tok, config, str(model), tok_dir)
     return policy, tok
+
+
+def tokenizer_differences(a: PreTrainedTokenizerBase, b: PreTrainedTokenizerBase) -> list[str]:
+    """How two tokenizers differ in what changes token ids or templates (empty = interchangeable):
+    vocabulary (size and token -> id map), special tokens (eos / pad / bos / unk and the added
+    special tokens, by id) and chat template."""
+    diffs: list[str] = []
+    va, vb = a.get_vocab(), b.get_vocab()
+    if va != vb:
+        moved = sum(1 for t, i in va.items() if vb.get(t) != i)
+        diffs.append(f"vocabulary ({len(va)} vs {len(vb)} tokens, {moved} with another or no id)")
+    for role in ("eos", "pad", "bos", "unk"):
+        ta, tb = getattr(a, f"{role}_token", None), getattr(b, f"{role}_token", None)
+        ia, ib = getattr(a, f"{role}_token_id", None), getattr(b, f"{role}_token_id", None)
+        if (ta, ia) != (tb, ib):
+            diffs.append(f"{role} token ({ta!r} id {ia} vs {tb!r} id {ib})")
+    sa, sb = sorted(a.all_special_tokens), sorted(b.all_special_tokens)
+    if sa != sb:
+        diffs.append(f"special tokens ({sorted(set(sa) - set(sb))[:4]} vs {sorted(set(sb) - set(sa))[:4]})")
+    if getattr(a, "chat_template", None) != getattr(b, "chat_template", None):
+        diffs.append("chat template")
+    return diffs

@@ -9,18 +9,7 @@ Every implementation takes the tokens `x` [N, H], the router's choice `topk_idx`
 [N, H]. Experts stay separate modules so parameter names equal the published Ling / Ring checkpoint
 names (`mlp.experts.{i}.gate_proj.weight`), which vLLM's loader expects.
 
-- `grouped`   : sort the N*K (token, expert) pairs by expert, run each expert once on its contiguous
-                slice, weight and `index_add` back. Cost follows the active tokens; the Python loop only
-                visits experts that received tokens. The default.
-- `grouped_mm`: the same token grouping, but one `torch._grouped_mm` call per projection over the
-                expert weights stacked at each forward (one kernel instead of a Python loop, aimed at
-                GPUs — not yet measured on one; on CPU it runs through torch's fallback, slower than
-                `grouped`). Needs `use_bias=False`.
-- `naive`     : every expert on every token, combined with a dense [N, E] weight matrix. E/K times the
-                work; kept as the reference and for the benchmark (benchmarks/bench_moe.py).
-
-The combine is accumulated in fp32 and cast back once (vLLM's fused MoE also keeps routing weights
-in fp32).
+Choices and details: docs/design.md#models-moe-experts.
 """
 
 from __future__ import annotations

@@ -7,25 +7,7 @@ loss (Fedus et al. 2021, eq. 4-6) and an ST-MoE router z-loss (Zoph et al. 2022,
 default coefficients 1e-5 and 1e-7 (config fields `router_aux_loss_coef`, `router_z_loss_coef`), so
 they watch for collapse without pulling the policy away from the distilled/RL objective.
 
-Conventions (ours, stated because papers and libraries differ):
-- load balance, per MoE layer: `E * sum_e f_e * P_e` with `f_e` the fraction of the N*K top-k slots
-  that went to expert e and `P_e` the mean router probability of e; equals 1.0 when routing is
-  uniform and rises to E/K when every token goes to the same K experts. Layers are averaged (HF's
-  `load_balancing_loss_func` pools counts over layers first and is K times larger; we do not use it
-  so the value means the same for every model).
-- z-loss, per layer: mean over tokens of `logsumexp(router_logits)^2`; layers averaged.
-- Router logits follow the HF layout: a tuple with one [B*T, E] tensor per MoE layer. A `token_mask`
-  [B, T] (1 = real token) excludes padding from both losses and from expert-load counts.
-- Precision: softmax, counts and masks are computed in float32, or in float64 for float64 logits
-  (`promote_types(logits.dtype, float32)`); every tensor is created with that explicit dtype, so the
-  functions also work under torch's default dtype float64 (Lightning `precision="64-true"`).
-
-Use from a LightningModule:
-    out = model(input_ids, ..., output_router_logits=True)
-    aux = router_aux_losses(out, model, token_mask=batch.attention_mask)
-    loss = ce + aux.get("loss", 0.0)          # {} for dense models
-    load = expert_load(out.router_logits, top_k(model))   # [L, E] tokens per expert
-    ratio = load_imbalance(load)                          # [L] max/min per layer
+Choices and details: docs/design.md#models-router-losses.
 """
 
 from __future__ import annotations

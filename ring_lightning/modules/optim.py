@@ -1,4 +1,4 @@
-"""Default SFT optimizer and learning-rate schedule.
+"""Optimizers and learning-rate schedules of the SFT and RL modules.
 
 Ring-lite (arXiv 2506.14731, §3 "Long-CoT SFT"): AdamW, weight decay 0.1, peak learning rate 3e-4,
 cosine decay with 1% linear warm-up. Not stated, so chosen here: betas (0.9, 0.95) and eps 1e-8
@@ -53,3 +53,20 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_rat
         raise ValueError(f"total_steps must be >= 1, got {total_steps}")
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: warmup_cosine_factor(step, total_steps, warmup_ratio, min_lr_ratio))
+
+
+def build_optimizer(model: nn.Module, factory, lr: float, weight_decay: float,
+                    betas: tuple[float, float]) -> torch.optim.Optimizer:
+    """The injected optimizer `factory(groups)` over `decay_groups` (its matrices get the factory's own
+    weight decay), else the default AdamW."""
+    groups = decay_groups(model, weight_decay)
+    if factory is None:
+        return default_adamw(groups, lr, weight_decay, betas)
+    groups[0].pop("weight_decay")
+    return factory(groups)
+
+
+def warmup_constant(optimizer: torch.optim.Optimizer, warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over `warmup_steps` optimizer steps (the first already non-zero), then constant."""
+    w = warmup_steps
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / w) if w else 1.0)

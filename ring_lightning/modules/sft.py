@@ -44,7 +44,7 @@ import torch.utils.checkpoint
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from ring_lightning.data.sft.packing import IGNORE_INDEX, PackedBatch, block_diagonal_mask
-from ring_lightning.models.loading import build_config, load_policy, load_tokenizer, to_dtype
+from ring_lightning.models.loading import build_config, checkpoint_tokenizer, load_policy, load_tokenizer, to_dtype
 from ring_lightning.models.router_losses import expert_load, load_imbalance, num_experts, router_aux_losses, top_k
 from ring_lightning.modules.nonfinite import NonFiniteGuard
 from ring_lightning.modules.optim import decay_groups, default_adamw, warmup_cosine
@@ -54,7 +54,7 @@ from ring_lightning.models.sharding import build_sharded_policy, gather_full_sta
 
 # per-step accumulator slots (summed over micro-batches, then over ranks)
 _CE, _LOSS_TOKENS, _TOKENS, _PAD, _LB, _Z = range(6)
-META_FILE = "ring_lightning_meta.json"  # token counters of an export (read by C3POModule, TokenEfficiency)
+from ring_lightning.models.export import META_FILE  # noqa: E402  token counters of an export (one definition)
 
 
 class SFTModule(L.LightningModule):
@@ -64,6 +64,7 @@ class SFTModule(L.LightningModule):
         model: a preset name (models/presets.py, e.g. "bailing-tiny", "ring-lite-2507") or a local
             HF-format checkpoint directory.
         tokenizer: tokenizer directory; None = the checkpoint's own, else the shipped tokenizer.
+            `SFTDataModule(tokenizer=None)` encodes with this one (one tokenizer per run).
         dtype: parameter dtype ("float32", "bfloat16"). With FSDP2 keep float32 and set
             `mixed_precision: bf16`.
         model_overrides: config fields to override (e.g. {"attn_implementation": "sdpa"}).
@@ -333,7 +334,7 @@ class SFTModule(L.LightningModule):
     def export_hf(self, directory: str | Path, dtype: str | None = None) -> Path | None:
         """Write the policy as an HF checkpoint (weights, config, tokenizer) that `load_policy` and vLLM load,
         plus `ring_lightning_meta.json` with the SFT token counters (`sft_tokens_seen`: the token-efficiency
-        denominator C3POModule and TokenEfficiency read; `sft_loss_tokens_seen`).
+        denominator RLModule and TokenEfficiency read; `sft_loss_tokens_seen`).
 
         Collective under FSDP2 (call it on every rank); rank 0 writes. Returns the directory on the
         writing rank, None elsewhere.
@@ -386,7 +387,5 @@ def chunked_cross_entropy_sum(logits: torch.Tensor, targets: torch.Tensor, chunk
 
 
 def _checkpoint_tokenizer(model: str) -> str | None:
-    path = Path(str(model))
-    if path.is_dir() and ((path / "tokenizer.json").exists() or (path / "tokenizer_config.json").exists()):
-        return str(path)
-    return None
+    path = checkpoint_tokenizer(model)
+    return None if path is None else str(path)

@@ -4,23 +4,7 @@ Ring-lite (arXiv 2506.14731, RL data curation) cleans its reasoning-RL problems 
 with invalid characters, with images, with several sub-questions, or without a valid answer, and
 drops multiple-choice, true/false and yes/no math items (a policy guesses those right by chance,
 which gives a noisy, hackable reward). The report names the rules but not their implementation, so
-every rule here is a configurable regex / value list, with defaults chosen by us:
-
-- invalid characters: C0/C1 control characters (except tab and newline), U+FFFD (a failed decode)
-  and the private-use area (glyphs from broken PDF extraction);
-- images: markdown / HTML images, image file names, `data:image/` URIs, Asymptote `[asy]` blocks
-  (figures in the MATH style of data) and phrases such as "as shown in the figure";
-- several sub-questions: more than `max_subquestions` distinct labels such as "(1)", "(b)", "(II)",
-  "①" at the start of a line or after sentence punctuation (our reading of "several");
-- multiple choice: at least `min_choice_labels` option labels "(A)".."(E)" / "A." at a line start,
-  phrases like "which of the following", or a gold answer that is a bare option letter;
-- true/false and yes/no: phrases like "true or false" or a gold answer in `binary_answers`;
-- no valid answer: an answer-domain row whose gold answer is a placeholder in `invalid_answers`.
-
-The multiple-choice and true/false rules apply to `objective_domains` (default: math, as in the
-report). Normalisation is idempotent, so cleaning its own output changes nothing. For speed, a
-regex is only run on a row whose case-folded text contains one of the literals every match of it
-needs (`required_literals`); this is exact: it never changes a decision.
+every rule here is a configurable regex / value list, with defaults chosen by us: docs/design.md#prepare-clean.
 """
 
 from __future__ import annotations

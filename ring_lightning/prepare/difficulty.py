@@ -7,16 +7,7 @@ wrong gold answer: this is also the report's "re-solve" check of the reference a
 annotates each problem with its difficulty. The report does not fix k, the sampling settings or
 the bounds; defaults here: k = 8 at temperature 1.0, drop pass rate 0 and 1, keep the rest.
 
-A problem's pass rate is the fraction of its k valid samples whose reward is at least
-`solved_threshold` (samples the reward marks invalid, or that the router scored 0 because the
-reward itself raised (`info["reward_error"]`), are not counted: a verifier crash must not make a
-problem look unsolvable; a problem with no valid sample is dropped as "no_valid_reward"). The
-pass rate is written to `meta.difficulty` and k to `meta.difficulty_k`; with `reuse_existing` a
-row that already carries both (same k) is not re-sampled, which makes re-running prepare on its
-own output a no-op.
-
-The engine is any `RolloutEngine` (`VLLMEngine`, `HFEngine`, ... by class_path); prompts are
-rendered with the tokenizer's chat template. The reward defaults to the project's `RewardRouter`.
+Choices and details: docs/design.md#prepare-difficulty.
 """
 
 from __future__ import annotations

@@ -1,29 +1,7 @@
 """`python -m ring_lightning prepare -c prepare.yaml`: turn raw problem files into an RL prompt set.
 
 Ring-lite (arXiv 2506.14731, RL data curation) builds its reasoning-RL set in this order, and so
-do we; every stage can be switched off and configured:
-
-1. load      validate every input row against the RL prompt schema (errors name file and row);
-             annotate `meta.source`.
-2. clean     whitespace normalisation; drop invalid characters, images, several sub-questions,
-             no valid answer, and multiple-choice / true-false / yes-no math items (prep_clean.py).
-3. dedup     exact (normalised hash) and near-duplicate (MinHash LSH over word shingles, our
-             approximation of the report's semantic-level dedup) (prep_dedup.py).
-4. decontam  n-gram overlap with local benchmark files (AIME, GPQA-Diamond, MATH-500,
-             LiveCodeBench, ...) (prep_decontam.py).
-5. verify    gold answers parse with their domain verifier; code: malformed tests dropped, a
-             reference solution must pass all tests in the sandbox (prep_verify.py).
-6. difficulty  k samples per prompt from a policy via a rollout engine, scored by the reward router;
-             `meta.difficulty` = pass rate; drop always- / never-solved rows (prep_difficulty.py).
-
-Built on `datasets`: a memory-mapped Arrow `Dataset` in a temporary directory with `num_proc`
-workers for the parallel stages (clean, dedup signatures, decontam) and a progress bar per stage,
-or a lazily evaluated `IterableDataset` with `streaming: true` (one pass in one process; memory
-grows only with the id set and the dedup index; one progress bar for the whole pass). A removed row is marked,
-not deleted, so one final pass writes the kept rows (JSONL or Parquet, `PromptRow.to_dict`,
-re-loadable with `load_prompts`), the removed rows (JSONL, with the stage, the reason and its
-evidence) and a summary JSON with counts in / out per stage and per reason. The stages are
-idempotent: preparing the output again changes nothing.
+do we; every stage can be switched off and configured: docs/design.md#prepare-pipeline.
 """
 
 from __future__ import annotations

@@ -6,22 +6,7 @@ keeps a problem only if a reference solution passes all of its tests in the sand
 also re-solves problems with a model to catch wrong answers; here that check is the difficulty stage
 (a problem the policy never solves is dropped), because it needs the same samples.
 
-Our implementation, with the RL rewards themselves as the verifiers (`ring_lightning.rewards`):
-- answer domains (default: math, science, both graded by the math reward): `answer_validator(row,
-  where)` must not raise. Default: `MathGoldCheck`, i.e. `MathReward.validate`: the gold answer
-  parses with math-verify exactly as the reward parses it, in a worker process killed after a
-  timeout (pathological LaTeX cannot hang us), plus a strict check that the parse is math.
-- other verifiable domains (default: logic, instruction): `domain_validator(row, where)`, by default
-  `RewardRouter().validate` (each reward's own load-time check of its verifier fields).
-- code domains: malformed cases of stdio tests (`{"type": "stdio", "cases": [{"input", "output"}]}`;
-  a case whose input or output is not a string, or whose expected output is empty) are dropped; a
-  row left with fewer than `min_tests` cases, or whose spec `CodeReward` rejects (`validate_tests`),
-  is dropped; then up to `max_solutions` reference solutions from `meta[solutions_key]` are graded
-  by `solution_runner` (default: `CodeSolutionRunner`, the code reward in its sandbox, so a solution
-  is judged exactly like a policy response) and the row is kept if one passes every test.
-- the remaining domains (general) pass through unchecked.
-Checks run in threads of the main process (the rewards have their own worker processes and
-sandboxes; `datasets` workers are daemonic and may not start them), `workers` rows at a time.
+Choices and details: docs/design.md#prepare-verify.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ evaluates Python code; a policy could put anything there. Here the expression ma
 integer literals, ``+ - * /``, unary minus and parentheses; it is evaluated exactly with
 `fractions.Fraction`. The rule is reasoning-gym's: the numbers used must be exactly the given ones
 (``use_all=True``, each once) — or, for the classic game / `data/synthetic/problems.py`, any sub-multiset
-(``use_all=False``: each number at most once).
+(``use_all=False``: each number at most once). ``division="exact"`` (the classic game) rejects
+any division with a remainder, intermediate ones included; "real" allows rational intermediates.
 """
 
 from __future__ import annotations
@@ -34,8 +35,10 @@ def normalize_expression(text: str) -> str:
     return s.strip()
 
 
-def evaluate_expression(expr: str) -> tuple[Fraction, list[int]]:
-    """(exact value, integer literals used) of an arithmetic expression; raises CountdownError."""
+def evaluate_expression(expr: str, exact_division: bool = False) -> tuple[Fraction, list[int]]:
+    """(exact value, integer literals used) of an arithmetic expression; raises CountdownError.
+
+    With `exact_division` every division must leave no remainder (the classic game's rule)."""
     if len(expr) > MAX_EXPRESSION_CHARS:
         raise CountdownError(f"expression longer than {MAX_EXPRESSION_CHARS} characters")
     try:
@@ -65,6 +68,8 @@ def evaluate_expression(expr: str) -> tuple[Fraction, list[int]]:
                 return a * b
             if b == 0:
                 raise CountdownError("division by zero")
+            if exact_division and (a / b).denominator != 1:
+                raise CountdownError(f"{a} / {b} is not a whole number (division must be exact)")
             return a / b
         raise CountdownError(f"only integers, + - * / and parentheses are allowed, found {type(node).__name__}")
 
@@ -72,10 +77,18 @@ def evaluate_expression(expr: str) -> tuple[Fraction, list[int]]:
     return value, used
 
 
-def score_countdown(answer: str, numbers: list[int], target: int, use_all: bool) -> tuple[bool, str]:
-    """(correct, reason): the expression reaches `target` using the allowed numbers."""
+DIVISION = ("exact", "real")
+NUMBERS_RULES = ("exactly_once", "at_most_once")
+
+
+def score_countdown(answer: str, numbers: list[int], target: int, use_all: bool,
+                    division: str = "real") -> tuple[bool, str]:
+    """(correct, reason): the expression reaches `target` using the allowed numbers (`use_all`:
+    each exactly once, else each at most once); `division` "exact" forbids remainders."""
+    if division not in DIVISION:
+        raise ValueError(f"countdown division must be one of {DIVISION}, got {division!r}")
     try:
-        value, used = evaluate_expression(normalize_expression(answer))
+        value, used = evaluate_expression(normalize_expression(answer), exact_division=division == "exact")
     except CountdownError as e:
         return False, str(e)
     have, need = Counter(used), Counter(int(n) for n in numbers)

@@ -11,15 +11,11 @@ Answer extraction: the last ``<answer>…</answer>`` of the response, else its l
 Nothing is evaluated: Countdown is scored by `countdown.py`'s AST evaluator instead of
 reasoning-gym's scorer (which runs sympy's `parse_expr`, i.e. `eval`, on the model's string).
 
-Row schema (domain "logic"; ``answer`` = the reference answer, shown in logs only)::
-
-    meta = {"task": "countdown", "numbers": [25, 5, 3], "target": 60, "use_all": false}
-    meta = {"task": "sudoku" | "mini_sudoku" | "maze" | "arc_1d" | "rearc" | "arc_agi",
-            "rg_entry": {"question": str, "answer": str, "metadata": {...}},  # the generated entry
-            "rg_config": {...}}   # optional: JSON-able config the dataset was generated with
-
-``use_all`` (default false) requires every number to be used exactly once (reasoning-gym's rule);
-otherwise each number may be used at most once (`data/synthetic/problems.py`'s rule).
+Built-in verifiers (rule-based, in `countdown.py` / `logic_rules.py`) for the row formats in
+docs/rewards.md: countdown (``numbers``, ``target``, ``division`` exact|real, ``numbers_rule``
+exactly_once|at_most_once), sudoku / mini_sudoku (``puzzle``: valid by the rules, givens kept),
+maze_path (``grid``, moves U/D/L/R), arc (``output``: exact grid). Other reasoning-gym tasks
+(``rg_entry``) use its scorer; ``answer`` is never used for scoring.
 """
 
 from __future__ import annotations
@@ -32,10 +28,14 @@ from typing import Any
 
 from ring_lightning.rows import PromptRow
 from ring_lightning.rewards.base import RewardResult
-from ring_lightning.rewards.countdown import score_countdown
+from ring_lightning.rewards.countdown import DIVISION, NUMBERS_RULES, score_countdown
 from ring_lightning.rewards.extraction import last_boxed, last_tagged
+from ring_lightning.rewards.logic_rules import (check_puzzle, maze_cells, verify_grid,
+                                                verify_maze_path, verify_sudoku)
 
-TASKS = ("countdown", "sudoku", "mini_sudoku", "maze", "arc_1d", "rearc", "arc_agi")
+RULE_TASKS = ("countdown", "sudoku", "mini_sudoku", "maze_path", "arc")
+TASKS = RULE_TASKS + ("maze", "arc_1d", "rearc", "arc_agi")
+RG_TASKS = ("countdown", "sudoku", "mini_sudoku", "maze", "arc_1d", "rearc", "arc_agi")  # make_logic_rows
 ANSWER_INSTRUCTION = "\n\nGive your final answer inside <answer></answer> tags."
 _TUPLE_GRIDS = {"rearc": ("input", "output"), "arc_agi": ("input", "output")}
 _rg_lock = threading.Lock()
@@ -77,6 +77,54 @@ def extract_logic_answer(response: str) -> str | None:
     return ans.strip() if ans is not None else None
 
 
+def _validate_countdown(meta: dict[str, Any], where: str) -> None:
+    nums, target = meta.get("numbers"), meta.get("target")
+    ints = isinstance(nums, list) and all(isinstance(n, int) and not isinstance(n, bool) for n in nums)
+    if not nums or not ints:
+        raise LogicRowError(f"{where}: countdown meta.numbers must be a non-empty list of integers, got {nums!r}")
+    if not isinstance(target, int) or isinstance(target, bool):
+        raise LogicRowError(f"{where}: countdown meta.target must be an integer, got {target!r}")
+    if not isinstance(meta.get("use_all", False), bool):
+        raise LogicRowError(f"{where}: countdown meta.use_all must be true or false")
+    if meta.get("division", "exact") not in DIVISION:
+        raise LogicRowError(f"{where}: countdown meta.division must be one of {DIVISION}, got {meta['division']!r}")
+    rule = meta.get("numbers_rule")
+    if rule is not None and rule not in NUMBERS_RULES:
+        raise LogicRowError(f"{where}: countdown meta.numbers_rule must be one of {NUMBERS_RULES}, got {rule!r}")
+    if rule is not None and "use_all" in meta and meta["use_all"] != (rule == "exactly_once"):
+        raise LogicRowError(f"{where}: countdown meta.use_all contradicts meta.numbers_rule; give one")
+
+
+def _validate_rule_task(task: str, meta: dict[str, Any], where: str) -> None:
+    if task in ("sudoku", "mini_sudoku"):
+        why = check_puzzle(meta.get("puzzle"), where)
+        if why:
+            raise LogicRowError(why)
+    elif task == "maze_path":
+        grid = meta.get("grid")
+        if not (isinstance(grid, list) and grid and all(isinstance(r, str) and r for r in grid)):
+            raise LogicRowError(f"{where}: maze_path meta.grid must be a list of strings (one per row)")
+        try:
+            maze_cells(grid, meta.get("start"), meta.get("end"), meta.get("wall", "#"))
+        except (ValueError, TypeError) as e:
+            raise LogicRowError(f"{where}: maze_path: {e}") from None
+        if not isinstance(meta.get("shortest", False), bool):
+            raise LogicRowError(f"{where}: maze_path meta.shortest must be true or false")
+    elif task == "arc":
+        out = meta.get("output")
+        if not (isinstance(out, list) and out and all(isinstance(r, list) and r and all(type(v) is int for v in r)
+                                                      for r in out)):
+            raise LogicRowError(f"{where}: arc meta.output must be the expected grid (a list of rows of integers)")
+
+
+def _puzzle(meta: dict[str, Any]) -> Any:
+    """A Sudoku row's puzzle: ``meta.puzzle``, or the one inside a reasoning-gym entry."""
+    if "puzzle" in meta:
+        return meta["puzzle"]
+    md = (meta.get("rg_entry") or {}).get("metadata") or {}
+    return md.get("puzzle")
+
+
 def validate_logic_meta(row: PromptRow, where: str) -> None:
     """Raise LogicRowError naming `where` and the key when `row.meta` cannot be scored."""
     meta = row.meta or {}
@@ -84,15 +132,11 @@ def validate_logic_meta(row: PromptRow, where: str) -> None:
     if task not in TASKS:
         raise LogicRowError(f"{where}: meta.task must be one of {TASKS}, got {task!r}")
     if task == "countdown":
-        nums, target = meta.get("numbers"), meta.get("target")
-        ints = isinstance(nums, list) and all(isinstance(n, int) and not isinstance(n, bool) for n in nums)
-        if not nums or not ints:
-            raise LogicRowError(f"{where}: countdown meta.numbers must be a non-empty list of integers, got {nums!r}")
-        if not isinstance(target, int) or isinstance(target, bool):
-            raise LogicRowError(f"{where}: countdown meta.target must be an integer, got {target!r}")
-        if not isinstance(meta.get("use_all", False), bool):
-            raise LogicRowError(f"{where}: countdown meta.use_all must be true or false")
-        return
+        return _validate_countdown(meta, where)
+    if task in ("sudoku", "mini_sudoku") and "puzzle" not in meta and _puzzle(meta) is not None:
+        return _validate_rule_task(task, {"puzzle": _puzzle(meta)}, where)
+    if task in RULE_TASKS:
+        return _validate_rule_task(task, meta, where)
     entry = meta.get("rg_entry")
     if not (isinstance(entry, dict) and isinstance(entry.get("answer"), str)
             and isinstance(entry.get("metadata"), dict)):
@@ -106,13 +150,25 @@ class LogicReward:
     """Scores logic games with reasoning-gym's verifiers (Countdown with an AST evaluator).
 
     Args:
-        partial_credit: pass reasoning-gym's partial scores through instead of 1/0.
+        partial_credit: pass reasoning-gym's partial scores through instead of 1/0 (tasks scored
+            by reasoning-gym only; rule-based verifiers are 1/0).
         max_answer_chars: longer extracted answers score 0 without being parsed.
+        countdown_division: a countdown row's ``division`` when it gives none: "exact" (every
+            division leaves no remainder) or "real".
+        countdown_numbers: a countdown row's ``numbers_rule`` when it gives none (nor ``use_all``):
+            "exactly_once" or "at_most_once".
     """
 
     binary = True
 
-    def __init__(self, partial_credit: bool = False, max_answer_chars: int = 20_000) -> None:
+    def __init__(self, partial_credit: bool = False, max_answer_chars: int = 20_000,
+                 countdown_division: str = "exact", countdown_numbers: str = "at_most_once") -> None:
+        if countdown_division not in DIVISION:
+            raise ValueError(f"LogicReward countdown_division must be one of {DIVISION}, got {countdown_division!r}")
+        if countdown_numbers not in NUMBERS_RULES:
+            raise ValueError(f"LogicReward countdown_numbers must be one of {NUMBERS_RULES}, got {countdown_numbers!r}")
+        self.countdown_division = countdown_division
+        self.countdown_numbers = countdown_numbers
         self.partial_credit = partial_credit
         self.max_answer_chars = max_answer_chars
         if partial_credit:
@@ -134,13 +190,27 @@ class LogicReward:
             return RewardResult(0.0, info={**info, "reason": "no <answer> or \\boxed{} answer"})
         if len(answer) > self.max_answer_chars:
             return RewardResult(0.0, info={**info, "reason": "answer too long"})
-        if task == "countdown":
-            ok, why = score_countdown(answer, meta["numbers"], meta["target"], meta.get("use_all", False))
+        if task in RULE_TASKS or _puzzle(meta) is not None:
+            ok, why = self._rule_verdict(task, meta, answer)
             return RewardResult(1.0 if ok else 0.0, info={**info, **({"reason": why} if why else {})})
         entry = _restore_entry(task, meta["rg_entry"])
         score = float(_scorer(task, _config_key(meta.get("rg_config"))).score_answer(answer, entry))
         reward = score if self.partial_credit else (1.0 if score >= 1.0 - 1e-9 else 0.0)
         return RewardResult(reward, info={**info, "rg_score": score})
+
+    def _rule_verdict(self, task: str, meta: dict[str, Any], answer: str) -> tuple[bool, str]:
+        if task == "countdown":
+            rule = meta.get("numbers_rule") or ("exactly_once" if meta.get("use_all", self.countdown_numbers
+                                                                            == "exactly_once") else "at_most_once")
+            return score_countdown(answer, meta["numbers"], meta["target"], rule == "exactly_once",
+                                   meta.get("division", self.countdown_division))
+        if task in ("sudoku", "mini_sudoku"):
+            return verify_sudoku(answer, _puzzle(meta))
+        if task == "maze_path":
+            wall = meta.get("wall", "#")
+            start, end = maze_cells(meta["grid"], meta.get("start"), meta.get("end"), wall)
+            return verify_maze_path(answer, meta["grid"], start, end, wall, meta.get("shortest", False))
+        return verify_grid(answer, meta["output"])
 
     def __call__(self, rows: Sequence[PromptRow], responses: Sequence[str]) -> list[RewardResult]:
         if len(rows) != len(responses):
@@ -154,10 +224,11 @@ def make_logic_rows(task: str, n: int, seed: int = 0, answer_instruction: str = 
 
     `config` is passed to ``reasoning_gym.create_dataset`` (JSON-able values only; it is stored in
     ``meta.rg_config`` so scoring rebuilds the same verifier). `answer_instruction` is appended to
-    each question. Countdown rows carry numbers/target with ``use_all=True`` (reasoning-gym's rule).
+    each question. Countdown rows carry numbers/target with reasoning-gym's rules (each number
+    exactly once, real division); Sudoku rows carry the puzzle (checked by the rules).
     """
-    if task not in TASKS:
-        raise ValueError(f"unknown logic task {task!r}; expected one of {', '.join(TASKS)}")
+    if task not in RG_TASKS:
+        raise ValueError(f"unknown logic task {task!r}; expected one of {', '.join(RG_TASKS)}")
     try:
         json.dumps(config)
     except TypeError as e:
@@ -171,7 +242,10 @@ def make_logic_rows(task: str, n: int, seed: int = 0, answer_instruction: str = 
         md = json.loads(json.dumps(entry["metadata"], default=list))
         if task == "countdown":
             meta: dict[str, Any] = {"task": task, "numbers": [int(x) for x in md["numbers"]],
-                                    "target": int(md["target"]), "use_all": True}
+                                    "target": int(md["target"]), "numbers_rule": "exactly_once",
+                                    "division": "real"}  # reasoning-gym's rules
+        elif task in ("sudoku", "mini_sudoku"):
+            meta = {"task": task, "puzzle": [[int(v) for v in r] for r in md["puzzle"]]}
         else:
             meta = {"task": task, "rg_entry": {"question": entry["question"], "answer": entry["answer"],
                                                "metadata": md}}

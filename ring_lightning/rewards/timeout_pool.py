@@ -97,6 +97,7 @@ class TimeoutPool:
         self._lock = threading.Lock()
         self._all: set[_Worker] = set()
         self.restarts = 0
+        self._generation = 0
 
     def call(self, fn: Callable[..., Any], args: tuple, timeout_s: float) -> Any:
         """`fn(*args)` in a worker; raises CallTimeout, WorkerDied or RuntimeError (fn raised)."""
@@ -121,12 +122,30 @@ class TimeoutPool:
             if worker is not None and not worker.proc.is_alive():
                 self._discard(worker)
                 worker = None
-            self._idle.put(worker)
+            if worker is None:  # start the replacement in the background: this call returns now
+                threading.Thread(target=self._replace, args=(self._generation,), daemon=True).start()
+            else:
+                self._idle.put(worker)
             raise
         self._idle.put(worker)
         if not ok:
             raise RuntimeError(value)
         return value
+
+    def _replace(self, generation: int) -> None:
+        """Start a worker for a freed slot (a failed start leaves an empty slot, retried on use)."""
+        try:
+            worker = _Worker(self._ctx, self.initializer, self.startup_timeout_s)
+        except BaseException:  # noqa: BLE001 - the next call starts one itself and reports why
+            worker = None
+        with self._lock:
+            if generation != self._generation:  # `close` refilled the slots meanwhile
+                if worker is not None:
+                    worker.kill()
+                return
+            if worker is not None:
+                self._all.add(worker)
+        self._idle.put(worker)
 
     def _discard(self, worker: _Worker) -> None:
         worker.kill()
@@ -138,6 +157,7 @@ class TimeoutPool:
         """Kill every worker (idempotent). Calls made afterwards start new workers."""
         with self._lock:
             workers, self._all = list(self._all), set()
+            self._generation += 1
         for w in workers:
             w.kill()
         while True:

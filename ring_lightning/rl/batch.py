@@ -182,6 +182,37 @@ def _gather_optional(responses: Sequence[Response], pieces: Sequence[Piece], nam
     return [getattr(responses[p.index], name) for p in pieces]
 
 
+def _check_pieces(responses: Sequence[Response], pieces: Sequence[Piece]) -> None:
+    for p in pieces:
+        if not 0 <= p.index < len(responses):
+            raise ValueError(f"collate: piece index {p.index} outside the {len(responses)} "
+                             "responses")
+        r = responses[p.index]
+        if p.end > r.length:
+            raise ValueError(f"collate: piece [{p.start}, {p.end}) of response {p.index} runs past "
+                             f"its {r.length} tokens")
+        if not r.valid:
+            raise ValueError(f"collate: response {p.index} is invalid (valid=False) and must not "
+                             "enter the loss; pass eligible=[r.valid ...] to the budget selection")
+
+
+def _dummy(responses: Sequence[Response], normalizer: float, loss_agg: str, pad_id: int,
+           dtype: torch.dtype) -> MicroBatch:
+    """One pad row with an all-zero loss mask (keeps collective forwards matched across ranks)."""
+    z = torch.zeros(1, 1, dtype=torch.long)
+    # Same optional tensors as the step's real micro-batches, so the loss call is identical.
+    opt = {name: (torch.zeros(1, 1, dtype=dtype) if responses and all(
+        getattr(r, name) is not None for r in responses) else None)
+        for name in ("engine_logprobs", "ref_logprobs")}
+    return MicroBatch(input_ids=z + pad_id, target_ids=z + pad_id, attention_mask=z + 1,
+                      position_ids=z.clone(), loss_mask=torch.zeros(1, 1, dtype=torch.bool),
+                      advantages=torch.zeros(1, 1, dtype=dtype), old_logprobs=None,
+                      old_known=torch.zeros(1, dtype=torch.bool),
+                      engine_logprobs=opt["engine_logprobs"],
+                      ref_logprobs=opt["ref_logprobs"], normalizer=normalizer,
+                      loss_agg=loss_agg, sample_index=torch.tensor([-1]), num_loss_tokens=0)
+
+
 def collate(
     responses: Sequence[Response],
     pieces: Sequence[Piece],
@@ -202,30 +233,9 @@ def collate(
         pad_id: padding token id.
         dtype: float dtype of advantages and logprob tensors.
     """
-    for p in pieces:
-        if not 0 <= p.index < len(responses):
-            raise ValueError(f"collate: piece index {p.index} outside the {len(responses)} "
-                             "responses")
-        r = responses[p.index]
-        if p.end > r.length:
-            raise ValueError(f"collate: piece [{p.start}, {p.end}) of response {p.index} runs past "
-                             f"its {r.length} tokens")
-        if not r.valid:
-            raise ValueError(f"collate: response {p.index} is invalid (valid=False) and must not "
-                             "enter the loss; pass eligible=[r.valid ...] to the budget selection")
+    _check_pieces(responses, pieces)
     if not pieces:
-        z = torch.zeros(1, 1, dtype=torch.long)
-        # Same optional tensors as the step's real micro-batches, so the loss call is identical.
-        opt = {name: (torch.zeros(1, 1, dtype=dtype) if responses and all(
-            getattr(r, name) is not None for r in responses) else None)
-            for name in ("engine_logprobs", "ref_logprobs")}
-        return MicroBatch(input_ids=z + pad_id, target_ids=z + pad_id, attention_mask=z + 1,
-                          position_ids=z.clone(), loss_mask=torch.zeros(1, 1, dtype=torch.bool),
-                          advantages=torch.zeros(1, 1, dtype=dtype), old_logprobs=None,
-                          old_known=torch.zeros(1, dtype=torch.bool),
-                          engine_logprobs=opt["engine_logprobs"],
-                          ref_logprobs=opt["ref_logprobs"], normalizer=normalizer,
-                          loss_agg=loss_agg, sample_index=torch.tensor([-1]), num_loss_tokens=0)
+        return _dummy(responses, normalizer, loss_agg, pad_id, dtype)
     seqs = [torch.cat([responses[p.index].prompt_ids, responses[p.index].response_ids[: p.end]])
             for p in pieces]
     B, T = len(pieces), max(s.numel() for s in seqs) - 1

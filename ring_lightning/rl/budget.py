@@ -1,50 +1,13 @@
 """C3PO token budget: which response tokens enter one optimizer step, and on which rank/micro-batch.
 
-What the Ring-lite report says (arXiv 2506.14731, §3.2 "C3PO", Eq. 4–6): instead of a fixed number
-of *samples* per step (GRPO), C3PO fixes the number of *training tokens* per optimizer step, the
-budget Φ. Responses of the rollout batch are taken one after another until the cumulative
-response-token count reaches Φ; the response that crosses Φ is truncated at token level so that
-exactly Φ tokens enter the loss; advantages are computed before this (on the full group, see
-`rl/advantages.py`), so a truncated response keeps its group advantage. The summed token loss is
-divided by the constant Φ (`rl/losses.py`, loss_agg="token_sum_over_constant"). Reported setting:
-512 prompts × 16 responses per rollout, Φ = 409,600, lr 3e-6.
-
-Where the report is silent, what we chose (all configurable):
-
-* Fill order (`order`): "batch" (default: rollout order, as drawn in the report's figure),
-  "random" (a `random.Random(seed)` permutation — pass the same seed on every rank, e.g. base
-  seed + step) or "shortest_first". Responses carried in from the previous step always come first.
-* Responses past the budget (`overflow`): "drop" (default) or "carry": whole unused responses are
-  returned in `BudgetPlan.carried` so the data module can put them first in the next step, where
-  they keep their old (behaviour-policy) logprobs. The un-selected tail of the truncated response is
-  never carried (it is dropped).
-* Ineligible responses (`eligible=False`, e.g. invalid samples) and empty responses are never
-  selected and do not count towards Φ (`BudgetPlan.excluded`).
-* Fewer than Φ eligible tokens: the plan selects everything and reports `shortfall > 0`
-  (`need_more` is True). The data module must roll out more prompts and select again on the union;
-  `split_plan` refuses a plan with a shortfall. Φ is never shrunk silently.
-* Φ is global per optimizer step. `split_plan` splits it evenly over the data-parallel ranks so
-  every rank trains on exactly Φ / world_size tokens (Φ must be divisible by world_size). Ranks are
-  filled contiguously in fill order; where a rank's share ends inside a response, the response is
-  split at a token boundary into two pieces (at most world_size − 1 splits). That is exact because
-  the loss is a sum over tokens: each piece is forwarded with its full prefix (prompt + response up
-  to the piece's end) but only its own tokens are in the loss mask.
-* Micro-batches: `micro_batch_tokens` caps the padded size (rows × longest row) of one micro-batch.
-  Pieces are packed longest first (next-fit); a piece longer than the cap gets a micro-batch of its
-  own. Every rank gets the same number of micro-batches (FSDP/DDP run collectives per forward and
-  backward); a rank with fewer is padded with empty micro-batches, which the collate turns into a
-  one-token dummy row with an all-zero loss mask.
-* Loss normaliser under data parallelism: DDP/FSDP *average* gradients over ranks, so with
-  grad_reduce="mean" (default) each rank divides its summed token loss by Φ / world_size, which
-  makes the averaged gradient equal to the gradient of (sum over all Φ tokens) / Φ. With
-  grad_reduce="sum" (a hand-written all-reduce SUM) each rank divides by Φ.
-* PPO epochs / mini-batches: the report takes one optimizer step per rollout batch; a module that
-  wants several epochs reuses the same `StepPlan` (its pieces and normaliser do not change).
-
-Plain GRPO baseline (`select_all`): every eligible response enters in full, the loss is the mean
-over sequences of the per-sequence token mean (loss_agg="seq_mean_token_mean"), normalised by the
-global number of sequences; `split_plan` deals whole sequences to ranks (longest first, to the rank
-with the fewest tokens), so ranks may differ by a sequence but the normaliser stays global.
+Ring-lite (arXiv 2506.14731, §3.2, Eq. 4–6): responses are taken one after another until exactly
+Φ tokens (the crossing response truncated at token level, after its group advantage); the summed
+token loss is divided by the constant Φ. `select_budget` (C3PO) and `select_all` (GRPO) plan;
+`split_plan` lays a plan out over ranks (C3PO: Φ/W tokens each, a response split at a token
+boundary where a share ends; GRPO: whole sequences) and micro-batches (rows × longest row <=
+`micro_batch_tokens`, every rank the same count). Pure functions; the objectives in
+`rl/objectives/` choose which to call. Fill order, overflow (drop / carry), ineligible responses,
+shortfall and the normaliser under gradient averaging: docs/design.md#budget.
 """
 
 from __future__ import annotations
@@ -54,9 +17,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from ring_lightning.rl.terms import LossAgg  # one definition of the aggregations
+
 FillOrder = Literal["batch", "random", "shortest_first"]
 Overflow = Literal["drop", "carry"]
-LossAgg = Literal["token_sum_over_constant", "seq_mean_token_mean", "token_mean"]
 GradReduce = Literal["mean", "sum"]
 
 

@@ -1,44 +1,18 @@
-"""The C3PO / GRPO policy loss and memory-efficient token logprobs + entropy.
-
-What the Ring-lite report says (arXiv 2506.14731, §3.1–3.2, Eq. 1–6): the GRPO objective with a
-token-level PPO clipped surrogate (ε = 0.2) on the ratio r = π_θ / π_old, a token-level KL penalty
-to the reference policy (β = 1e-3) and an entropy term (coefficient 5e-4); C3PO sums the token
-losses of the Φ budgeted tokens and divides by the constant Φ. The MoE router load-balance loss
-(1e-5) and router z-loss (1e-7) are added on top.
-
-Where the report is ambiguous, what we chose:
-
-* KL estimator: k3, KL ≈ exp(ref − logp) − (ref − logp) − 1 per token (non-negative, unbiased
-  for KL(π_θ‖π_ref) under on-policy samples); the log-ratio is clamped to ±20 for stability.
-* Entropy: a *bonus* that raises entropy: loss −= entropy_coef · H (H of the tempered
-  distribution at each loss token).
-* Clipping: asymmetric ε (DAPO "clip-higher") when clip_eps_low != clip_eps_high; the ratio's
-  log is clamped to ±20 before exp. No dual clip.
-* Aggregation (`loss_agg`): "token_sum_over_constant" (C3PO: Σ_tokens ℓ / normalizer, with the
-  normaliser Φ, divided by world size under gradient averaging — see `rl/budget.py`), which is
-  invariant to how tokens are spread over micro-batches and ranks; "seq_mean_token_mean" (GRPO:
-  Σ_seq (mean of ℓ over the sequence's loss tokens) / normalizer, the normaliser the number of
-  sequences); "token_mean" (Σ ℓ / number of loss tokens of *this call* — not invariant to
-  micro-batching, for comparison only; `normalizer` is ignored).
-* Rollout/trainer mismatch (not in the report; for vLLM rollouts): with `engine_logprobs`,
-  truncated importance sampling (TIS, `tis_cap` = C) multiplies the policy-gradient term of each
-  token by min(π_old / π_engine, C) (detached); IcePop masking (`icepop_range` = (low, high)) drops
-  every loss term of tokens whose π_old / π_engine is outside [low, high]. No normaliser changes
-  (not even a sequence's token count in "seq_mean_token_mean"): dropped tokens contribute 0.
-* Router auxiliary losses are the module's job: per micro-batch it adds
-  `lb_coef · load_balance + z_coef · z_loss` (each a mean over that micro-batch's tokens), scaled by
-  1 / num_micro_batches so the step's auxiliary term is their mean; this function returns the
-  policy part only.
+"""Token logprobs + entropy without a float32 [B, T, V] copy, and `policy_loss`: the GRPO / C3PO
+loss of one micro-batch composed of the terms in `rl/terms.py` (Ring-lite, arXiv 2506.14731, Eq. 1–6).
+Router auxiliary losses are the module's job (added per micro-batch, token-weighted; see
+`modules/rl.py`); this returns the policy part only. Choices where the report is silent (k3 KL,
+entropy as a bonus, clip-higher, TIS / IcePop, the aggregations): `rl/terms.py`, docs/design.md.
 """
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 
-LossAgg = Literal["token_sum_over_constant", "seq_mean_token_mean", "token_mean"]
-_LOG_CLAMP = 20.0
+from ring_lightning.rl.terms import (LOSS_AGGS, LossAgg, aggregate, entropy_bonus, icepop_mask, k3_kl,
+                                     log_ratio_exp, masked_mean, ppo_clip, tis_weight)
+
+__all__ = ["LossAgg", "policy_loss", "token_logprobs_and_entropy"]
 
 
 def _chunk_stats(logits: torch.Tensor, targets: torch.Tensor, temperature: float
@@ -130,14 +104,30 @@ def token_logprobs_and_entropy(
     return logp.reshape(B, T), ent.reshape(B, T)
 
 
-def _masked_sum(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
-    # where, not x * mask: a non-finite value at a padded position must not turn into NaN.
-    x = torch.where(mask > 0, x, torch.zeros_like(x))
-    return x.sum() if dim is None else x.sum(dim)
+def _check(logprobs, mask, loss_agg, normalizer, engine_logprobs, tis_cap, icepop_range) -> None:
+    if logprobs.ndim != 2 or mask.shape != logprobs.shape:
+        raise ValueError(f"logprobs and mask must both be [B, T]; got {tuple(logprobs.shape)} and "
+                         f"{tuple(mask.shape)}")
+    if loss_agg not in LOSS_AGGS:
+        raise ValueError(f"unknown loss_agg {loss_agg!r}; use 'token_sum_over_constant', "
+                         "'seq_mean_token_mean' or 'token_mean'")
+    if loss_agg != "token_mean" and not normalizer > 0:
+        raise ValueError(f"normalizer must be positive for loss_agg={loss_agg!r}, got {normalizer}")
+    if (tis_cap is not None or icepop_range is not None) and engine_logprobs is None:
+        raise ValueError("tis_cap / icepop_range need engine_logprobs (the rollout engine's "
+                         "logprobs of the sampled tokens)")
 
 
-def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return _masked_sum(x, mask) / mask.sum().clamp(min=1)
+def _ratio_metrics(ratio: torch.Tensor, adv: torch.Tensor, m: torch.Tensor, eps_low: float,
+                   eps_high: float) -> dict[str, torch.Tensor]:
+    r, a = ratio.detach(), adv.detach()
+    sel = r[m > 0]
+    return {"clip/low_frac": masked_mean(((r < 1 - eps_low) & (a < 0)).to(m), m),
+            "clip/high_frac": masked_mean(((r > 1 + eps_high) & (a > 0)).to(m), m),
+            "ratio/mean": masked_mean(r, m),
+            "ratio/min": sel.min() if sel.numel() else r.new_ones(()),
+            "ratio/max": sel.max() if sel.numel() else r.new_ones(()),
+            "tokens/loss": m.sum().detach()}
 
 
 def policy_loss(
@@ -158,118 +148,51 @@ def policy_loss(
     tis_cap: float | None = None,
     icepop_range: tuple[float, float] | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The policy part of the C3PO / GRPO loss for one micro-batch.
+    """The policy loss of one micro-batch, composed of `rl/terms.py`. Per loss token:
+    ℓ = ppo_clip(r, A) [· tis_weight] + kl_coef · k3_kl − entropy_coef · H, r = exp(logp − old),
+    over the tokens of `mask` kept by `icepop_mask`, reduced by `aggregate(loss_agg, normalizer)`.
 
-    Per loss token: ℓ = −min(r·A, clip(r, 1−ε_low, 1+ε_high)·A) [· TIS weight]
-    + kl_coef · k3(ref, logp) − entropy_coef · H, with r = exp(logp − old).
-
-    Args:
-        logprobs: [B, T] current-policy logprobs of the targets (with grad).
-        old_logprobs: [B, T] behaviour-policy logprobs; None = on-policy (logprobs detached).
-        advantages: [B, T] per token or [B] per sequence.
-        mask: [B, T] bool/0-1, the tokens in the loss.
-        normalizer: the constant the summed loss is divided by (see `loss_agg`).
-        loss_agg: "token_sum_over_constant" | "seq_mean_token_mean" | "token_mean".
-        clip_eps_low: ratios below 1 − clip_eps_low are clipped (for A < 0).
-        clip_eps_high: ratios above 1 + clip_eps_high are clipped (for A > 0).
-        ref_logprobs: [B, T] reference-policy logprobs; None disables the KL term.
-        kl_coef: β of the k3 KL penalty.
-        entropy: [B, T] entropy at each position (with grad); None disables the entropy bonus.
-        entropy_coef: coefficient of the entropy bonus (loss −= coef · H).
-        engine_logprobs: [B, T] rollout-engine logprobs; needed by `tis_cap` / `icepop_range`.
-        tis_cap: C of truncated importance sampling; None = off.
-        icepop_range: (low, high) bounds on π_old / π_engine outside which tokens are masked.
-
-    Returns:
-        (loss, metrics): a scalar loss; metrics are detached 0-dim tensors.
-        "loss/policy_gradient", "loss/kl", "loss/entropy_bonus" are the loss's parts, aggregated
-        like the loss (with the constant normaliser they add up over micro-batches to the step's
-        value). The others are means over this call's loss tokens (weight them by "tokens/loss"
-        to combine micro-batches): "clip/low_frac", "clip/high_frac", "kl/ref_k3_mean",
-        "entropy/mean", "ratio/mean", "ratio/min", "ratio/max", "tis/weight_mean",
-        "tis/capped_frac", "icepop/masked_frac", "tokens/loss" (count).
+    Inputs are [B, T] (`advantages` may be [B]); `old_logprobs=None` means on-policy (logprobs
+    detached); `ref_logprobs` / `entropy` None disable the KL / entropy terms; `engine_logprobs` is
+    needed by `tis_cap` / `icepop_range`. Returns (loss, metrics): metrics are detached 0-dim tensors;
+    "loss/policy_gradient", "loss/kl", "loss/entropy_bonus" are aggregated like the loss (they add up
+    over micro-batches); the others are means over this call's loss tokens ("tokens/loss" weights them).
     """
-    if logprobs.ndim != 2 or mask.shape != logprobs.shape:
-        raise ValueError(f"logprobs and mask must both be [B, T]; got {tuple(logprobs.shape)} and "
-                         f"{tuple(mask.shape)}")
-    if loss_agg not in ("token_sum_over_constant", "seq_mean_token_mean", "token_mean"):
-        raise ValueError(f"unknown loss_agg {loss_agg!r}; use 'token_sum_over_constant', "
-                         "'seq_mean_token_mean' or 'token_mean'")
-    if loss_agg != "token_mean" and not normalizer > 0:
-        raise ValueError(f"normalizer must be positive for loss_agg={loss_agg!r}, got {normalizer}")
-    if not (0 <= clip_eps_low < 1 and clip_eps_high >= 0):
-        raise ValueError(f"need 0 <= clip_eps_low < 1 and clip_eps_high >= 0, got "
-                         f"{clip_eps_low}, {clip_eps_high}")
-    if (tis_cap is not None or icepop_range is not None) and engine_logprobs is None:
-        raise ValueError("tis_cap / icepop_range need engine_logprobs (the rollout engine's "
-                         "logprobs of the sampled tokens)")
-    if advantages.ndim == 1:
-        advantages = advantages.unsqueeze(-1)  # [B, 1]
+    _check(logprobs, mask, loss_agg, normalizer, engine_logprobs, tis_cap, icepop_range)
     inside = mask > 0  # [B, T]
 
-    def clean(x: torch.Tensor | None) -> torch.Tensor | None:
-        # Zero every input outside the mask, so no NaN/inf there reaches the loss or its gradient.
-        if x is None:
-            return None
-        x = x.to(logprobs.dtype).expand_as(logprobs)
-        return torch.where(inside, x, torch.zeros_like(x))
+    def clean(x: torch.Tensor | None) -> torch.Tensor | None:  # no NaN/inf outside the mask reaches the loss
+        return None if x is None else torch.where(inside, x.to(logprobs.dtype).expand_as(logprobs),
+                                                  torch.zeros_like(logprobs))
 
-    logprobs, entropy = clean(logprobs), clean(entropy)  # [B, T]
-    ref_logprobs, engine_logprobs = clean(ref_logprobs), clean(engine_logprobs)  # [B, T]
-    old = logprobs.detach() if old_logprobs is None else clean(old_logprobs)  # [B, T]
-    adv = clean(advantages)  # [B, T]
+    logprobs, entropy, ref_logprobs, engine_logprobs = map(clean, (logprobs, entropy, ref_logprobs, engine_logprobs))
+    old = logprobs.detach() if old_logprobs is None else clean(old_logprobs)
+    adv = clean(advantages.unsqueeze(-1) if advantages.ndim == 1 else advantages)
     m0 = mask.to(logprobs.dtype)  # [B, T] the tokens in the loss
-    m = m0  # [B, T] m0 minus IcePop-masked tokens
-
-    ratio = torch.exp((logprobs - old).clamp(-_LOG_CLAMP, _LOG_CLAMP))  # [B, T]
-    clipped = ratio.clamp(1 - clip_eps_low, 1 + clip_eps_high)  # [B, T]
-    pg = -torch.minimum(ratio * adv, clipped * adv)  # [B, T]
+    m = m0  # minus IcePop-masked tokens
+    ratio = log_ratio_exp(logprobs, old)
+    pg = ppo_clip(ratio, adv, clip_eps_low, clip_eps_high)
     metrics: dict[str, torch.Tensor] = {}
     if engine_logprobs is not None:
-        rho = torch.exp((old - engine_logprobs).clamp(-_LOG_CLAMP, _LOG_CLAMP))  # [B, T]
+        rho = log_ratio_exp(old, engine_logprobs)  # π_old / π_engine
         if icepop_range is not None:
-            low, high = icepop_range
-            if not 0 <= low <= 1 <= high:
-                raise ValueError(f"icepop_range must satisfy 0 <= low <= 1 <= high, got "
-                                 f"{icepop_range}")
-            keep = ((rho >= low) & (rho <= high)).to(m)  # [B, T]
-            metrics["icepop/masked_frac"] = _masked_mean(1 - keep, m).detach()
+            keep = icepop_mask(rho, *icepop_range).to(m)
+            metrics["icepop/masked_frac"] = masked_mean(1 - keep, m).detach()
             m = m * keep
         if tis_cap is not None:
-            if tis_cap <= 0:
-                raise ValueError(f"tis_cap must be positive, got {tis_cap}")
-            w = rho.clamp(max=tis_cap).detach()  # [B, T]
-            metrics["tis/weight_mean"] = _masked_mean(w, m).detach()
-            metrics["tis/capped_frac"] = _masked_mean((rho > tis_cap).to(m), m).detach()
+            w = tis_weight(rho, tis_cap)
+            metrics["tis/weight_mean"] = masked_mean(w, m).detach()
+            metrics["tis/capped_frac"] = masked_mean((rho > tis_cap).to(m), m).detach()
             pg = pg * w
     terms = {"loss/policy_gradient": pg}
     if ref_logprobs is not None:
-        d = (ref_logprobs - logprobs).clamp(-_LOG_CLAMP, _LOG_CLAMP)  # [B, T]
-        kl = torch.exp(d) - d - 1  # [B, T] k3 estimator
+        kl = k3_kl(logprobs, ref_logprobs)
         terms["loss/kl"] = kl_coef * kl
-        metrics["kl/ref_k3_mean"] = _masked_mean(kl.detach(), m)
+        metrics["kl/ref_k3_mean"] = masked_mean(kl.detach(), m)
     if entropy is not None:
-        terms["loss/entropy_bonus"] = -entropy_coef * entropy
-        metrics["entropy/mean"] = _masked_mean(entropy.detach(), m)
-    per_token = sum(terms.values())  # [B, T]
-
-    def agg(x: torch.Tensor) -> torch.Tensor:  # denominators count m0: masking never rescales
-        if loss_agg == "token_sum_over_constant":
-            return _masked_sum(x, m) / normalizer
-        if loss_agg == "seq_mean_token_mean":
-            return (_masked_sum(x, m, -1) / m0.sum(-1).clamp(min=1)).sum() / normalizer
-        return _masked_sum(x, m) / m0.sum().clamp(min=1)
-
-    loss = agg(per_token)
-    for k, v in terms.items():
-        metrics[k] = agg(v.detach())
-    r = ratio.detach()
-    a = adv.detach()
-    metrics["clip/low_frac"] = _masked_mean(((r < 1 - clip_eps_low) & (a < 0)).to(m), m)
-    metrics["clip/high_frac"] = _masked_mean(((r > 1 + clip_eps_high) & (a > 0)).to(m), m)
-    metrics["ratio/mean"] = _masked_mean(r, m)
-    sel = r[m > 0]
-    metrics["ratio/min"] = sel.min() if sel.numel() else r.new_ones(())
-    metrics["ratio/max"] = sel.max() if sel.numel() else r.new_ones(())
-    metrics["tokens/loss"] = m.sum().detach()
+        terms["loss/entropy_bonus"] = entropy_bonus(entropy, entropy_coef)
+        metrics["entropy/mean"] = masked_mean(entropy.detach(), m)
+    loss = aggregate(sum(terms.values()), m, m0, loss_agg, normalizer)
+    metrics.update({k: aggregate(v.detach(), m, m0, loss_agg, normalizer) for k, v in terms.items()})
+    metrics.update(_ratio_metrics(ratio, adv, m, clip_eps_low, clip_eps_high))
     return loss, metrics

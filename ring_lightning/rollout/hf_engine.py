@@ -24,7 +24,7 @@ Choices:
   trainer's train/eval mode from another thread). Note: `transformers.generate` samples from torch's
   global RNG, which the two threads share; a seeded call forks it (`fork_rng`), so a background
   rollout is reproducible only if the training step draws no torch random numbers meanwhile
-  (C3POModule draws none when the policy's dropout is 0, as in the shipped presets; the budget's
+  (RLModule draws none when the policy's dropout is 0, as in the shipped presets; the budget's
   random fill order uses `random.Random`).
 - A failure inside `generate` is an `EngineError` naming the batch and, for out-of-memory, the knob
   (`max_batch_size`); the original exception is chained.
@@ -227,7 +227,8 @@ class HFEngine:
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Copy weights into the engine's model by name (exact); tensors that are the model's own
         parameters (the engine shares the trainer's model) are skipped."""
-        params = {clean_name(k): p for k, p in self.model.named_parameters()}
+        # remove_duplicate=False: a tied head's name (`lm_head.weight`, as in state_dict()) is accepted too
+        params = {clean_name(k): p for k, p in self.model.named_parameters(remove_duplicate=False)}
         with torch.no_grad():
             for name, tensor in named_tensors:
                 key = clean_name(name)
@@ -238,6 +239,17 @@ class HFEngine:
                 if tensor is param or tensor.data_ptr() == param.data_ptr():
                     continue
                 param.copy_(tensor.detach().to(param.dtype))
+
+    def diagnose_sync(self, model: nn.Module) -> list[str]:
+        """Where the engine's weights differ from `model`'s (tie status and parameter groups)."""
+        from ring_lightning.rollout.sync_diagnosis import compare_tensors, format_groups, tie_status
+
+        if self.model is model:
+            return [f"{tie_status(model)}; the engine samples from the trainer's model object itself"]
+        mine = {clean_name(k): p.data for k, p in self.model.named_parameters(remove_duplicate=False)}
+        theirs = {clean_name(k): p.data for k, p in model.named_parameters(remove_duplicate=False)}
+        return [f"{tie_status(model)}; engine copy: {tie_status(self.model).removeprefix('trainer ')}",
+                format_groups(compare_tensors(mine, theirs))]
 
     def sleep(self) -> None:
         """No-op (the model stays where it is)."""

@@ -9,7 +9,8 @@ difference in a router input flips its top-k choice). We therefore measure two t
 - `SyncParityProbe` (after a weight sync): the engine samples a few short completions of fixed probe
   prompts with a fixed seed and returns their logprobs; the trainer recomputes them with a forward
   pass. mean / max |Δlogprob| are logged as `rollout/sync_logprob_diff_mean|max`, and a diff above a
-  threshold raises `SyncParityError` (a broken sync must stop training, not silently bias it). The
+  threshold raises `SyncParityError` (a broken sync must stop training, not silently bias it); its
+  message names the parameter groups that differ and the tie status (`sync_diagnosis.py`). The
   probe runs on each of the first `always_first` syncs, then every `every_n_syncs`-th.
 - `train_infer_mismatch` (on every rollout batch): with the trainer's recomputed logprobs p and the
   engine's q on tokens sampled from q: the k3 estimator of KL(q || p), mean over tokens of
@@ -185,7 +186,31 @@ class SyncParityProbe:
             raise SyncParityError(
                 f"{type(engine).__name__} disagrees with the trainer after the weight sync at step {step}: "
                 f"mean |Δlogprob| = {mean:.3g} (limit {mean_limit:.3g}), max = {mx:.3g} (limit {max_limit:.3g}) "
-                f"over {diffs.numel()} probe tokens. The engine is not sampling from the trained policy: check "
-                "that update_weights receives every parameter, or raise the thresholds for low-precision engines."
+                f"over {diffs.numel()} probe tokens. The engine is not sampling from the trained policy.\n"
+                + _diagnosis(engine, model)
             )
         return {"rollout/sync_logprob_diff_mean": mean, "rollout/sync_logprob_diff_max": mx}
+
+
+def _diagnosis(engine: RolloutEngine, model: nn.Module) -> str:
+    """The engine's account of where its weights differ (`diagnose_sync`, if it has one) and advice."""
+    lines: list[str] = []
+    if hasattr(engine, "diagnose_sync"):
+        try:
+            lines = list(engine.diagnose_sync(model))
+        except Exception as e:  # noqa: BLE001 - the parity failure is the error to report
+            lines = [f"(weight comparison failed: {type(e).__name__}: {e})"]
+    text = " ".join(lines).lower()
+    advice = []
+    if "weights differing" in text:
+        advice.append("the groups named above hold other values in the engine than in the trainer: pass every "
+                      "trainer parameter to update_weights (e.g. model.named_parameters()) and check their names")
+    if "stale head kernel" in text or ("embeddings tied" in text and "is not the input embedding" in text):
+        advice.append("with tie_word_embeddings=True the head shares the embedding's weight: if the head is stale, "
+                      "the engine did not refresh it after the sync (report it); meanwhile untie the embeddings "
+                      "(load_policy(..., tie_word_embeddings=False)) or use HFEngine")
+    if not advice:
+        advice.append("no compared weight differs, so a repacked kernel weight or the kernels' precision may: "
+                      "check that update_weights receives every parameter, raise mean_threshold / max_threshold "
+                      "for low-precision engines, or run the engine in float32 to compare")
+    return "".join(f"  - {ln}\n" for ln in lines) + "What to do: " + "; ".join(advice) + "."

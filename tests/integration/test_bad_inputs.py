@@ -1,7 +1,7 @@
 """Bad inputs across the surface: each gives a message naming what was wrong, where, and what to do,
 and loses nothing (no half-written outputs, the last checkpoint loads, the run resumes).
 
-The table in README ("Bad inputs") lists every case and the test that backs it; config errors are
+The table in docs/errors.md lists every case and the test that backs it; config errors are
 in tests/integration/test_cli.py, model/tokenizer paths in tests/unit/models/test_loading.py, engine
 start/generate failures in tests/unit/rollout/test_vllm_engine*.py. Here: RL prompt rows, the prompt
 set, an RL run with a crashing reward and then a failing engine (in-process Lightning fits with a fake
@@ -26,9 +26,10 @@ from unit.rl_fixtures import FakeEngine, ParityReward, Record, recording_engine
 from ring_lightning.data.rollouts.stream import PromptSource
 from ring_lightning.rows import PromptRowError, parse_row
 from ring_lightning.data.prompts import load_prompts
-from ring_lightning.data.rollouts.datamodule import BudgetSpec, RolloutDataModule
+from ring_lightning.data.rollouts.datamodule import RolloutDataModule
 from ring_lightning.models.loading import load_tokenizer
-from ring_lightning.modules.c3po import C3POModule
+from ring_lightning.modules.rl import RLModule
+from ring_lightning.rl.objectives import C3PO
 from ring_lightning.rewards.router import RewardRouter
 from ring_lightning.rollout.engine import EngineError
 
@@ -92,7 +93,7 @@ def test_prompt_longer_than_max_prompt_tokens_names_the_row_and_the_knob(tmp_pat
     dm = RolloutDataModule(sources={"f": PromptSource(path=str(path))}, engine=recording_engine(),
                            reward=ParityReward(), prompts_per_step=1, samples_per_prompt=2, max_prompt_tokens=16)
     dm.setup("fit")
-    dm.bind(None, load_tokenizer(), BudgetSpec(token_budget=4))
+    dm.bind(None, load_tokenizer(), C3PO(token_budget=4))
     with pytest.raises(ValueError, match=r"prompt 'long-1' \(math\) has \d+ tokens > max_prompt_tokens=16; filter "
                                          r"long prompts or raise the limit"):
         dm.next_rollout()
@@ -139,7 +140,7 @@ def test_rl_run_survives_a_crashing_reward_and_an_engine_failure_loses_nothing(t
     ckpt_dir = tmp_path / "ckpt"
     engine, rec = FailingEngine(fail_at=3), Record()
     router = RewardRouter(rewards={"math": Crashing()}, use_defaults=False)
-    module = C3POModule(model="bailing-tiny", token_budget=48, lr=1e-3, parity=False, kl_coef=0.0)
+    module = RLModule(model="bailing-tiny", lr=1e-3, parity=False, objective=C3PO(token_budget=48, kl_coef=0.0))
     checkpoint = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, every_n_train_steps=1, save_top_k=-1)
     with pytest.raises(EngineError, match="FailingEngine.generate: backend died on call 3"):
         trainer(5, [checkpoint, rec]).fit(module, make_dm(engine, router))
@@ -154,7 +155,7 @@ def test_rl_run_survives_a_crashing_reward_and_an_engine_failure_loses_nothing(t
     state = torch.load(ckpt_dir / "last.ckpt", weights_only=False)
     assert state["global_step"] == 2 and state["c3po"]["engine_weight_version"] == 2
     healthy, rec2 = FailingEngine(), Record()
-    resumed = C3POModule(model="bailing-tiny", token_budget=48, lr=1e-3, parity=False, kl_coef=0.0)
+    resumed = RLModule(model="bailing-tiny", lr=1e-3, parity=False, objective=C3PO(token_budget=48, kl_coef=0.0))
     trainer(3, [rec2], enable_checkpointing=False).fit(resumed, make_dm(healthy, ParityReward()),
                                                        ckpt_path=str(ckpt_dir / "last.ckpt"))
     assert resumed.global_step == 3 and len(rec2.metrics) == 1 and rec2.metrics[0]["train/loss_tokens"] == 48.0

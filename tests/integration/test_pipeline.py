@@ -91,7 +91,7 @@ def test_stages_run_in_order_passing_each_export_forward(setup):
     assert {k: v["status"] for k, v in state["stages"].items()} == dict.fromkeys(["sft", "rl_reasoning", "rl_general"], "finished")
     assert state["final_model"] == str(run / "rl_general" / "export")
     assert state["stages"]["sft"]["outputs"]["sft_tokens"] == 1234 and state["stages"]["sft"]["outputs"]["chosen_step"] == 4
-    # the SFT token count travels with the export (C3POModule / TokenEfficiency read it there)
+    # the SFT token count travels with the export (RLModule / TokenEfficiency read it there)
     meta = json.loads((run / "sft" / "rl_readiness" / "export" / "ring_lightning_meta.json").read_text())
     assert meta["sft_tokens_seen"] == 1234
     # a second run has nothing left to do
@@ -178,7 +178,7 @@ def test_rl_general_config_parses_with_its_callbacks_and_stage():
     out = proc.stdout
     for line in ("ring_lightning.callbacks.entropy_guard.EntropyCollapseGuard", "action: raise_entropy_coef",
                  "ring_lightning.callbacks.token_efficiency.TokenEfficiency", "stage: general",
-                 "model: /some/export", "ring_lightning.modules.c3po.C3POModule"):
+                 "model: /some/export", "ring_lightning.modules.rl.RLModule"):
         assert line in out, line
 
 

@@ -51,7 +51,7 @@ def test_real_sft_then_rl_pipeline_with_evaluation_and_report(tmp_path):
             overrides:
               - --trainer.max_steps=1
               - --trainer.enable_progress_bar=false
-              - --model.init_args.token_budget=16
+              - --model.init_args.objective.init_args.token_budget=16
               - --data.init_args.prompts_per_step=2
               - --data.init_args.samples_per_prompt=2
               - --data.init_args.max_response_tokens=16

@@ -21,27 +21,12 @@ VLLM_ENGINE = ("{class_path: ring_lightning.rollout.vllm_engine.VLLMEngine, init
                "enforce_eager: true, cpu_kvcache_space_gib: 1, max_num_seqs: 64}}")
 
 
-@pytest.fixture(scope="module")
-def sft_export(tmp_path_factory):
-    """An SFT export directory written by SFTModule.export_hf (the RL stage's documented input)."""
-    from ring_lightning.modules.sft import SFTModule
-
-    out = tmp_path_factory.mktemp("sft_export")
-    module = SFTModule(model="bailing-tiny", seed=0)
-    module.configure_model()
-    module.export_hf(out)
-    meta = out / "ring_lightning_meta.json"
-    if not meta.exists():  # older exports carry no token count: give the RL stage one to read
-        meta.write_text(json.dumps({"sft_tokens_seen": 12345}))
-    return out
-
-
 @pytest.mark.vllm
 @pytest.mark.slow
-def test_quickstart_rl_fit_trains_exactly_phi_tokens_per_step(sft_export, tmp_path):
-    sft_tokens = json.loads((sft_export / "ring_lightning_meta.json").read_text())["sft_tokens_seen"]
+def test_quickstart_rl_fit_trains_exactly_phi_tokens_per_step(tiny_sft_export, tmp_path):
+    sft_tokens = json.loads((tiny_sft_export / "ring_lightning_meta.json").read_text())["sft_tokens_seen"]
     cmd = [sys.executable, "-m", "ring_lightning", "fit", "-c", "configs/quickstart/rl_reasoning.yaml",
-           f"--model.init_args.model={sft_export}", f"--model.init_args.token_budget={PHI}",
+           f"--model.init_args.model={tiny_sft_export}", f"--model.init_args.objective.init_args.token_budget={PHI}",
            "--model.init_args.micro_batch_tokens=1024", "--trainer.max_steps=3",
            f"--trainer.default_root_dir={tmp_path}",
            "--trainer.callbacks.init_args.every_n_train_steps=3",
@@ -83,7 +68,7 @@ def test_rl_configs_parse(config, capsys, monkeypatch):
         main(["fit", "-c", config, "--print_config"])
     assert exit_info.value.code in (0, None)
     out = capsys.readouterr().out
-    assert "ring_lightning.modules.c3po.C3POModule" in out
+    assert "ring_lightning.modules.rl.RLModule" in out
     assert "ring_lightning.data.rollouts.RolloutDataModule" in out and "ring_lightning.rollout." in out
     if "ring_lite_2507" in config:
         for line in ("token_budget: 409600", "prompts_per_step: 512", "samples_per_prompt: 16",
@@ -95,12 +80,12 @@ def test_rl_configs_parse(config, capsys, monkeypatch):
 
 @pytest.mark.vllm
 @pytest.mark.slow
-def test_two_ddp_ranks_each_with_an_embedded_engine(sft_export, tmp_path):
+def test_two_ddp_ranks_each_with_an_embedded_engine(tiny_sft_export, tmp_path):
     """`--trainer.devices=2 --trainer.strategy=ddp` on CPU (gloo): one vLLM engine per rank, each rank
     samples its half of the prompts and trains Φ/2 of the Φ tokens; every rank's engine matches its
     trainer after every sync, and the run (whose engines are closed at teardown) ends cleanly."""
     cmd = [sys.executable, "-m", "ring_lightning", "fit", "-c", "configs/quickstart/rl_reasoning.yaml",
-           f"--model.init_args.model={sft_export}", f"--model.init_args.token_budget={PHI}",
+           f"--model.init_args.model={tiny_sft_export}", f"--model.init_args.objective.init_args.token_budget={PHI}",
            "--model.init_args.micro_batch_tokens=1024", "--trainer.max_steps=2",
            f"--trainer.default_root_dir={tmp_path}", "--trainer.callbacks.init_args.every_n_train_steps=2",
            "--data.init_args.prompts_per_step=4", "--data.init_args.samples_per_prompt=4",

@@ -57,9 +57,10 @@ def config(tmp: Path, run: str, extra_callbacks=()) -> Path:
                                          "every_n_train_steps": 2, "save_top_k": -1, "filename": "{step}"}},
                           *extra_callbacks],
         },
-        "model": {"class_path": "ring_lightning.modules.c3po.C3POModule",
-                  "init_args": {"model": "bailing-tiny", "token_budget": 400, "overflow": "carry", "lr": 1.0e-2,
-                                "micro_batch_tokens": 512}},
+        "model": {"class_path": "ring_lightning.modules.rl.RLModule",
+                  "init_args": {"model": "bailing-tiny", "lr": 1.0e-2, "micro_batch_tokens": 512,
+                                "objective": {"class_path": "ring_lightning.rl.objectives.C3PO",
+                                              "init_args": {"token_budget": 400, "overflow": "carry"}}}},
         "data": {"class_path": "ring_lightning.data.rollouts.RolloutDataModule", "init_args": {
             "sources": {"instr": {"task": "instruction", "size": 64,
                                   "task_kwargs": {"kinds": ["lowercase", "no_comma"]}},

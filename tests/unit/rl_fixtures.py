@@ -1,19 +1,21 @@
-"""Test doubles shared by the RL unit tests (tests/unit/modules/test_c3po*.py, tests/unit/data/test_rollouts.py):
+"""Test doubles shared by the RL unit tests (tests/unit/modules/test_rl*.py, tests/unit/data/test_rollouts_datamodule.py):
 a deterministic fake rollout engine (and one whose samples depend on its weights), a parity reward, a metrics
-recorder, an in-memory logger and a float64 C3POModule.
+recorder, an in-memory logger and a float64 RLModule.
 Imported as `unit.rl_fixtures` (tests/ is on sys.path through tests/conftest.py)."""
 
 from __future__ import annotations
 
 import json
 import random
+from collections.abc import Sequence
 from pathlib import Path
 
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers.logger import Logger
 
-from ring_lightning.modules.c3po import C3POModule
+from ring_lightning.modules.rl import RLModule
 from ring_lightning.rewards.base import RewardResult
+from ring_lightning.rows import PromptRow
 from ring_lightning.rollout.engine import Completion
 
 
@@ -73,15 +75,15 @@ class FakeEngine:
 
 
 def recording_engine() -> FakeEngine:
-    """The engine of the C3POModule tests: 4..14 tokens, engine logprob -5 per token."""
+    """The engine of the RLModule tests: 4..14 tokens, engine logprob -5 per token."""
     return FakeEngine(min_len=4, max_len=14, logprob=-5.0)
 
 
 class ParityReward:
     """1 when the sum of the response's token ids is even."""
 
-    def __call__(self, rows, texts):
-        return [RewardResult(float(sum(map(int, t.split())) % 2 == 0)) for t in texts]
+    def __call__(self, rows: Sequence[PromptRow], responses: Sequence[str]) -> list[RewardResult]:
+        return [RewardResult(float(sum(map(int, t.split())) % 2 == 0)) for t in responses]
 
 
 class Record(Callback):
@@ -142,8 +144,8 @@ class ListLogger(Logger):
         self.rows.append((step, {k: float(v) for k, v in metrics.items()}))
 
 
-class Float64C3PO(C3POModule):
-    """C3POModule with a float64 policy and reference (exactness tests)."""
+class Float64C3PO(RLModule):
+    """RLModule with a float64 policy and reference (exactness tests)."""
 
     def configure_model(self):
         super().configure_model()

@@ -1,44 +1,15 @@
-"""RolloutDataModule: prompts -> on-policy samples -> rewards -> advantages -> C3PO token budget ->
-token-budgeted micro-batches, one optimizer step at a time.
+"""RolloutDataModule: prompts -> on-policy samples -> rewards -> advantages -> the objective's token plan
+-> micro-batches, one optimizer step at a time.
 
-What the Ring-lite report says (arXiv 2506.14731, §3.1–3.2, Eq. 1–6): each RL step samples K
-responses for each of L prompts (L=512, K=16), scores them with verifiable rewards, normalises the
-rewards within each prompt's group (GRPO advantage), and — C3PO — selects responses greedily until
-exactly Φ training tokens (Φ=409,600) are reached, the last response truncated at token level; the
-truncation happens after the advantages are computed.
-
-Where the report is silent or ambiguous, what we chose (knobs in brackets):
-
-* On-policy timing. Lightning's data fetcher pulls the next batch one step early, so nothing is
-  generated inside the DataLoader: it yields a `RolloutRequest` ticket per step, and
-  `C3POModule.training_step` calls `next_rollout()` *after* the previous step's weight sync. Step t
-  (1-based) is therefore sampled by the weights of update t−1 [max_staleness=0].
-* Overlap [max_staleness=k >= 1]: a background thread (`data/rollouts/ahead.py`) samples
-  (generation + rewards) up to k batches ahead with the weights current at that time; a weight sync
-  waits for an in-flight generation, so a batch used at step t was sampled with weights at most k
-  updates old. Stale responses train with their engine logprobs as π_old (the behaviour policy;
-  `age` = staleness; add `tis_cap` / `icepop_range` on the module to bound the correction). A
-  stage switch discards the batches sampled ahead. On resume the queued / in-flight prompts are
-  drawn again (none is skipped). `time/rollout` then counts background time; `time/produce` is
-  what the step waited.
-* Data parallelism. Φ is global per optimizer step. All ranks draw the same global stream of L
-  prompts per step (`PromptStream`) and rank r keeps prompts [r·L/W, (r+1)·L/W): each rank samples
-  its own prompts, groups never span ranks, and each rank applies the budget Φ/W to its own
-  responses. Its summed token loss is divided by Φ/W, and the strategy's gradient *average* over W
-  ranks makes that the gradient of (sum over all Φ tokens) / Φ. In GRPO mode the sequence count is
-  all-reduced so the normaliser is global too.
-* Too few tokens. When a rank has fewer than Φ/W eligible tokens, every rank samples another
-  `refill_prompts` prompts from the stream (all ranks together, so the stream stays identical)
-  and selects again [max_refill_rounds]; still short is an error that says what to change.
-* Carry-over [BudgetSpec.overflow="carry"]: unused whole responses go first into the next step with
-  their π_old logprobs computed by the trainer before this step's update (`logprob_fn`).
-* Stages: a stage is a named mixture of sources (`stages`) plus an optional reward override
-  (`stage_rewards`); `set_stage(name)` switches at run time and the stage is checkpointed.
-* Held-out evaluation (`val_sources` / `test_sources`, `data/rollouts/heldout.py`): pass@1 over n
-  samples and unbiased pass@k per domain, sampled by this engine, scored by the current stage's reward.
-* Sampling, scoring, budgeting and the micro-batches of one step: `data/rollouts/sampler.py` (a mixin).
-* The engine, its weight version, lock and sleep state: `data/rollouts/engine_slot.py`. Colocation:
-  with `max_staleness=0` the engine sleeps (a no-op unless it enables it) after each rollout.
+Ring-lite (arXiv 2506.14731, §3.1–3.2): each RL step samples K responses for each of L prompts (L=512,
+K=16), scores them with verifiable rewards and normalises rewards within each prompt's group; C3PO
+then selects exactly Φ training tokens (the last response truncated, after the advantages).
+Ours: the DataLoader yields a ticket per step and `RLModule.training_step` calls `next_rollout()`
+after the previous weight sync (on-policy; `max_staleness` >= 1 samples ahead in a thread);
+ranks draw the same global prompt stream and each samples its own slice; a rank short of its
+budget triggers refill rounds on every rank; stages are named source mixtures (`set_stage`).
+One step's sampling and planning: `sampler.py`; the engine: `engine_slot.py`; held-out sets:
+`heldout.py`. The full list of choices: docs/design.md#rollouts.
 """
 
 from __future__ import annotations
@@ -57,17 +28,18 @@ from ring_lightning.data.rollouts.stream import PromptSource, PromptStream
 from ring_lightning.data.rollouts.ahead import AheadSampler
 from ring_lightning.data.rollouts.engine_slot import EngineFactory, EngineSlot
 from ring_lightning.data.rollouts.heldout import EvalSpec, HeldOutSets, validate_rows
-from ring_lightning.data.rollouts.spec import BudgetSpec, RequestStream, RolloutRequest
-from ring_lightning.data.rollouts.sampler import RolloutSteps
+from ring_lightning.data.rollouts.spec import RequestStream, RolloutRequest
+from ring_lightning.data.rollouts.sampler import RolloutSampler, SamplerKnobs, SamplerState
 from ring_lightning.eval.rollout_eval import RolloutEvaluator
 from ring_lightning.rewards.base import Reward
-from ring_lightning.rl.batch import Response
+from ring_lightning.rl.batch import Response, RolloutBatch
+from ring_lightning.rl.objectives.base import Objective
 from ring_lightning.rollout.engine import RolloutEngine, SamplingConfig
 
-__all__ = ["BudgetSpec", "EngineFactory", "RolloutDataModule", "RolloutRequest"]
+__all__ = ["EngineFactory", "RolloutDataModule", "RolloutRequest"]
 
 
-class RolloutDataModule(RolloutSteps, L.LightningDataModule):
+class RolloutDataModule(L.LightningDataModule):
     """Prompt sources + rollout engine + reward router -> one `RolloutBatch` per optimizer step.
 
     Args:
@@ -147,19 +119,19 @@ class RolloutDataModule(RolloutSteps, L.LightningDataModule):
         self.reward = reward
         self.stage_rewards = dict(stage_rewards or {})
         self.prompts_per_step, self.samples_per_prompt = prompts_per_step, samples_per_prompt
-        self.sampling = SamplingConfig(temperature=temperature, top_p=top_p, max_tokens=max_response_tokens)
-        self.max_prompt_tokens = max_prompt_tokens
-        self.advantage_scale, self.advantage_baseline = advantage_scale, advantage_baseline
         self.refill_prompts = refill_prompts or prompts_per_step
-        self.max_refill_rounds, self.max_staleness, self.seed = max_refill_rounds, max_staleness, seed
+        self.max_staleness, self.seed = max_staleness, seed
+        self.knobs = SamplerKnobs(
+            prompts_per_step=prompts_per_step, samples_per_prompt=samples_per_prompt,
+            refill_prompts=self.refill_prompts, max_refill_rounds=max_refill_rounds, max_staleness=max_staleness,
+            max_prompt_tokens=max_prompt_tokens, seed=seed, advantage_scale=advantage_scale,
+            advantage_baseline=advantage_baseline,
+            sampling=SamplingConfig(temperature=temperature, top_p=top_p, max_tokens=max_response_tokens))
         self.stream: PromptStream | None = None
         self._pending_state: dict[str, Any] | None = None
-        self._carried: tuple[Response, ...] = ()
-        self._tokens: dict[tuple[str, str], torch.Tensor] = {}
-        self._groups = 0
+        self.sampler_state = SamplerState()  # groups drawn, carried responses: checkpointed
+        self.sampler: RolloutSampler | None = None  # built by bind
         self._lock = self.slot.lock  # engine + stream
-        self._ahead: AheadSampler | None = None  # max_staleness >= 1
-        self._bound = False
         self.heldout = HeldOutSets({"val": val_sources, "test": test_sources}, EvalSpec(
             samples_per_prompt=eval_samples_per_prompt, k=tuple(int(k) for k in eval_k),
             temperature=eval_temperature, top_p=eval_top_p, batch_size=eval_batch_size, seed=seed,
@@ -226,6 +198,18 @@ class RolloutDataModule(RolloutSteps, L.LightningDataModule):
         self._stop_worker()  # batches sampled ahead belong to the old stage: discarded
         with self._lock:
             self.stream.set_stage(name)
+            self.sampler_state.carried = ()  # so do responses carried over from its last step
+
+    def next_rollout(self) -> RolloutBatch:
+        """Sample, score and plan one optimizer step's data for this rank (collective; see sampler.py)."""
+        if self.sampler is None:
+            raise RuntimeError("RolloutDataModule.next_rollout before bind(): the LightningModule must "
+                               "hand over its policy (RLModule does this in on_train_start)")
+        return self.sampler.next_rollout()
+
+    def _stop_worker(self) -> None:
+        if self.sampler is not None:
+            self.sampler.stop()
 
     @property
     def stage(self) -> str:
@@ -236,7 +220,7 @@ class RolloutDataModule(RolloutSteps, L.LightningDataModule):
     @property
     def bound(self) -> bool:
         """An engine is built and attached to a policy (`bind`)."""
-        return self._bound and self.slot.engine is not None
+        return self.sampler is not None and self.slot.engine is not None
 
     @property
     def engine(self) -> RolloutEngine | None:
@@ -248,8 +232,9 @@ class RolloutDataModule(RolloutSteps, L.LightningDataModule):
         return self.slot.version
 
     # ---------------------------------------------------------------- engine
-    def bind(self, policy: Any, tokenizer: Any, budget: BudgetSpec, *, rank: int = 0, world_size: int = 1,
-             weights: Iterable[tuple[str, torch.Tensor]] | None = None, version: int = 0,
+    def bind(self, policy: Any, tokenizer: Any, objective: Objective, *, micro_batch_tokens: int | None = None,
+             rank: int = 0, world_size: int = 1, weights: Iterable[tuple[str, torch.Tensor]] | None = None,
+             version: int = 0,
              logprob_fn: Callable[[Sequence[Response]], list[torch.Tensor]] | None = None,
              device: torch.device | str = "cpu") -> None:
         """Attach the trainer's policy: build the engine (once) and load `weights` into it.
@@ -257,7 +242,8 @@ class RolloutDataModule(RolloutSteps, L.LightningDataModule):
         Args:
             policy: the trainer's policy (handed to the engine factory).
             tokenizer: its tokenizer (chat template, pad id).
-            budget: how responses become loss tokens.
+            objective: plans which response tokens enter each step (`rl/objectives/`).
+            micro_batch_tokens: cap on rows × longest row of one micro-batch (None = one micro-batch).
             rank: this data-parallel rank.
             world_size: number of data-parallel ranks.
             weights: named tensors of the policy to sync into the engine now (None = skip; also
@@ -270,14 +256,16 @@ class RolloutDataModule(RolloutSteps, L.LightningDataModule):
         if self.prompts_per_step % world_size or self.refill_prompts % world_size:
             raise ValueError(f"prompts_per_step={self.prompts_per_step} and refill_prompts="
                              f"{self.refill_prompts} must be divisible by the {world_size} data-parallel ranks")
-        if budget.mode == "c3po" and budget.token_budget % world_size:
-            raise ValueError(f"token_budget={budget.token_budget} must be divisible by the {world_size} "
-                             "data-parallel ranks (each rank trains on exactly Φ/W tokens)")
+        objective.check(world_size)
         if self.reward is None and not self.stage_rewards:
             raise ValueError("RolloutDataModule needs a `reward` (e.g. ring_lightning.rewards.router.RewardRouter)")
-        self.tokenizer, self.budget, self.rank, self.world_size = tokenizer, budget, rank, world_size
-        self.logprob_fn, self.device = logprob_fn, device
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        if self.stream is None:
+            self.setup("fit")
+        self._stop_worker()
+        self.sampler = RolloutSampler(self.knobs, self.stream, self.slot, self._stage_reward, objective,
+                                      micro_batch_tokens=micro_batch_tokens, tokenizer=tokenizer, rank=rank,
+                                      world_size=world_size, logprob_fn=logprob_fn, device=device,
+                                      state=self.sampler_state, lock=self._lock)
         if self.slot.build(policy, tokenizer):
             weights = None  # an engine built from `policy` already holds its weights
         if self.max_staleness and getattr(self.slot.engine, "shares_trainer_model", False):
@@ -288,7 +276,9 @@ class RolloutDataModule(RolloutSteps, L.LightningDataModule):
         if weights is not None:
             self.slot.sync(weights, version)
         self.slot.version = version
-        self._bound = True
+
+    def _stage_reward(self, stage: str) -> Reward:
+        return self.stage_rewards.get(stage, self.reward)
 
     def sync_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> None:
         """Load new policy weights into the engine (waits for an in-flight background generation)."""
@@ -309,18 +299,20 @@ class RolloutDataModule(RolloutSteps, L.LightningDataModule):
     def teardown(self, stage: str | None = None) -> None:
         self._stop_worker()
         self.slot.close()
-        self._bound = False
+        self.sampler = None
 
     # ------------------------------------------------------------ checkpoint
     def state_dict(self) -> dict[str, Any]:
         """Stream position (of the oldest prompt not yet trained on), stage, carried responses."""
         if self.stream is None:
             return dict(self._pending_state or {})
-        oldest = self._ahead.oldest_state() if self._ahead is not None else None
+        ahead = self.sampler.ahead if self.sampler is not None else None
+        oldest = ahead.oldest_state() if ahead is not None else None
         with self._lock:
             stream = oldest or self.stream.state_dict()
-        return {"stream": stream, "stage": self.stream.stage, "groups": self._groups,
-                "carried": [{f.name: getattr(r, f.name) for f in fields(Response)} for r in self._carried]}
+        st = self.sampler_state
+        return {"stream": stream, "stage": self.stream.stage, "groups": st.groups,
+                "carried": [{f.name: getattr(r, f.name) for f in fields(Response)} for r in st.carried]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if self.stream is None:  # restored before setup: apply once the sources are loaded
@@ -330,7 +322,7 @@ class RolloutDataModule(RolloutSteps, L.LightningDataModule):
         with self._lock:
             self.stream.load_state_dict(state["stream"])
             self.stream.set_stage(state["stage"])
-        self._groups = int(state.get("groups", 0))
-        self._carried = tuple(Response(**d) for d in state.get("carried", []))
+        self.sampler_state.groups = int(state.get("groups", 0))
+        self.sampler_state.carried = tuple(Response(**d) for d in state.get("carried", []))
         self._pending_state = None
 

@@ -1,169 +1,198 @@
-"""One optimizer step's rollout data: sample (on-policy, or ahead in a background thread), score,
-apply the token budget and build this rank's micro-batches. A mixin of `RolloutDataModule`
-(`data/rollouts/datamodule.py`), whose module docstring states the paper basis (Ring-lite, arXiv 2506.14731,
-§3.1–3.2, Eq. 1–6: K samples per prompt, group-normalised advantages, C3PO's greedy fill of exactly
-Φ tokens with the last response truncated) and the choices where the report is silent (on-policy
-timing, overlap, Φ per rank, refill rounds, carry-over).
+"""One optimizer step's rollout data on this rank: draw prompts, generate K each (on-policy, or ahead
+in a background thread), score, let the objective plan the step's tokens (refilling when short),
+carry unused responses and build the micro-batches. `RolloutSampler` is built by
+`RolloutDataModule.bind` (data/rollouts/datamodule.py states the paper basis and our choices).
 """
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Callable
-from dataclasses import replace
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
 
 import torch
 
 from ring_lightning.data.rollouts import stats
-from ring_lightning.rows import PromptRow
 from ring_lightning.data.rollouts.ahead import AheadSampler
-from ring_lightning.data.rollouts.spec import Sampled
+from ring_lightning.data.rollouts.engine_slot import EngineSlot
 from ring_lightning.data.rollouts.scoring import check_completions, scored_responses
+from ring_lightning.data.rollouts.spec import Sampled
+from ring_lightning.data.rollouts.stream import PromptStream
 from ring_lightning.rewards.base import Reward
 from ring_lightning.rl.batch import Response, RolloutBatch, build_rank_batch, carry_over, collate
-from ring_lightning.rl.budget import BudgetPlan, select_all, select_budget, split_plan
-from ring_lightning.rollout.engine import EngineError
+from ring_lightning.rl.budget import BudgetPlan, split_plan
+from ring_lightning.rl.objectives.base import Objective
+from ring_lightning.rollout.engine import EngineError, SamplingConfig
+from ring_lightning.rows import PromptRow
 
-__all__ = ["RolloutSteps"]
+__all__ = ["RolloutSampler", "SamplerKnobs", "SamplerState"]
 
 
-class RolloutSteps:
-    """`next_rollout` and its sampling helpers. Uses the data module's state: `stream`, `slot` /
-    `engine` / `weight_version`, `sampling`, `budget`, `rank` / `world_size`, `reward` /
-    `stage_rewards`, `prompts_per_step`, `samples_per_prompt`, `refill_prompts`,
-    `max_refill_rounds`, `max_staleness`, `seed`, `logprob_fn`, `device`, `pad_id` and the private
-    `_lock`, `_tokens`, `_groups`, `_carried`, `_ahead`, `_bound`.
+@dataclass(frozen=True)
+class SamplerKnobs:
+    """The data module's sampling knobs (see `RolloutDataModule`'s Args)."""
+
+    prompts_per_step: int
+    samples_per_prompt: int
+    refill_prompts: int
+    max_refill_rounds: int
+    max_staleness: int
+    max_prompt_tokens: int
+    seed: int
+    sampling: SamplingConfig
+    advantage_scale: Literal["std", "none"] = "std"
+    advantage_baseline: Literal["mean", "leave_one_out"] = "mean"
+
+
+@dataclass
+class SamplerState:
+    """What outlives one step and is checkpointed by the data module: groups drawn so far (the
+    group id of the next prompt) and the responses carried into the next step."""
+
+    groups: int = 0
+    carried: tuple[Response, ...] = ()
+    tokens: dict[tuple[str, str], torch.Tensor] = field(default_factory=dict)  # prompt-token cache
+
+
+class RolloutSampler:
+    """`next_rollout()`: this rank's `RolloutBatch` for one optimizer step (collective over ranks).
+
+    Args:
+        knobs: sampling knobs; stream: the prompt mixture; slot: the engine; rewards: stage -> reward;
+        objective: plans the step's tokens; micro_batch_tokens: micro-batch cap; tokenizer: the
+        policy's; rank / world_size: data parallelism; logprob_fn: trainer π_old of carried
+        responses (collective); device: of the collectives; state: groups and carried responses.
     """
 
+    def __init__(self, knobs: SamplerKnobs, stream: PromptStream, slot: EngineSlot, rewards: Callable[[str], Reward],
+                 objective: Objective, *, micro_batch_tokens: int | None, tokenizer: Any, rank: int, world_size: int,
+                 logprob_fn: Callable[[Sequence[Response]], list[torch.Tensor]] | None,
+                 device: torch.device | str, state: SamplerState, lock: threading.Lock) -> None:
+        self.knobs, self.stream, self.slot, self.rewards, self.objective = knobs, stream, slot, rewards, objective
+        self.micro_batch_tokens, self.tokenizer = micro_batch_tokens, tokenizer
+        self.rank, self.world_size, self.logprob_fn, self.device = rank, world_size, logprob_fn, device
+        self.state, self.lock = state, lock
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.ahead: AheadSampler | None = None  # max_staleness >= 1
+
     # -------------------------------------------------------------- sampling
-    def _prompt_tokens(self, row: PromptRow) -> torch.Tensor:
+    def prompt_tokens(self, row: PromptRow) -> torch.Tensor:
         key = (row.id, row.prompt_text)
-        ids = self._tokens.get(key)
+        ids = self.state.tokens.get(key)
         if ids is None:
             out = self.tokenizer.apply_chat_template(list(row.messages), add_generation_prompt=True,
                                                      tokenize=True, return_dict=False)
-            if len(out) > self.max_prompt_tokens:
+            if len(out) > self.knobs.max_prompt_tokens:
                 raise ValueError(f"prompt {row.id!r} ({row.domain}) has {len(out)} tokens > max_prompt_tokens="
-                                 f"{self.max_prompt_tokens}; filter long prompts or raise the limit")
-            self._tokens[key] = ids = torch.tensor(out, dtype=torch.long)
+                                 f"{self.knobs.max_prompt_tokens}; filter long prompts or raise the limit")
+            self.state.tokens[key] = ids = torch.tensor(out, dtype=torch.long)
         return ids
 
-    def _reward_fn(self) -> Reward:
-        return self.stage_rewards.get(self.stream.stage, self.reward)
-
-    def _sample(self, n_global: int, on_draw: Callable[[dict[str, Any]], None] | None = None) -> Sampled:
+    def sample(self, n_global: int, on_draw: Callable[[dict[str, Any]], None] | None = None) -> Sampled:
         """Draw `n_global` prompts from the stream, keep this rank's slice, generate K each, score.
 
         `on_draw` receives the stream position before the draw (see `AheadSampler`)."""
-        with self._lock:
+        k = self.knobs
+        with self.lock:
             state = self.stream.state_dict()
             if on_draw is not None:
                 on_draw(state)
-            rows = self.stream.draw(n_global)
             per = n_global // self.world_size
-            rows = rows[self.rank * per:(self.rank + 1) * per]
-            prompts = [self._prompt_tokens(r) for r in rows]
-            sampling = replace(self.sampling, seed=(self.seed * 1_000_003 + self.stream.draws * 131 + self.rank) % 2**31)
-            version, t0 = self.weight_version, time.perf_counter()
+            rows = self.stream.draw(n_global)[self.rank * per:(self.rank + 1) * per]
+            prompts = [self.prompt_tokens(r) for r in rows]
+            sampling = replace(k.sampling, seed=(k.seed * 1_000_003 + self.stream.draws * 131 + self.rank) % 2**31)
+            version, t0 = self.slot.version, time.perf_counter()
             self.slot.wake()
             try:
-                comps = self.engine.generate([p.tolist() for p in prompts], self.samples_per_prompt, sampling)
+                comps = self.slot.engine.generate([p.tolist() for p in prompts], k.samples_per_prompt, sampling)
             except EngineError as e:
-                raise EngineError(f"{type(self.engine).__name__} failed while sampling the rollouts of RL step "
+                raise EngineError(f"{type(self.slot.engine).__name__} failed while sampling the rollouts of RL step "
                                   f"{version + 1} (stage {self.stream.stage!r}): {e}") from e
             t1 = time.perf_counter()
-            reward, first_group = self._reward_fn(), self._groups
-            self._groups += len(rows)
-        check_completions(comps, len(rows), self.samples_per_prompt, type(self.engine).__name__)
+            reward, first_group = self.rewards(self.stream.stage), self.state.groups
+            self.state.groups += len(rows)
+        check_completions(comps, len(rows), k.samples_per_prompt, type(self.slot.engine).__name__)
         results = reward([r for r, cs in zip(rows, comps) for _ in cs], [c.text for cs in comps for c in cs])
         t2 = time.perf_counter()
         errors = sum(1 for r in results if r.info.get("reward_error"))
-        responses = scored_responses(rows, prompts, comps, results, first_group, scale=self.advantage_scale,
-                                     baseline=self.advantage_baseline)
+        responses = scored_responses(rows, prompts, comps, results, first_group, scale=k.advantage_scale,
+                                     baseline=k.advantage_baseline)
         return Sampled(responses, version, len(rows), errors, t1 - t0, t2 - t1, state)
 
-    # ------------------------------------------------------------ background
-    def _next_sampled(self) -> Sampled:
-        if not self.max_staleness:
-            return self._sample(self.prompts_per_step)
-        if self._ahead is None:
-            self._ahead = AheadSampler(lambda on_draw: self._sample(self.prompts_per_step, on_draw),
-                                       self.max_staleness)
-        return self._ahead.next()
+    def next_sampled(self) -> Sampled:
+        """The next round: sampled now, or the oldest of those sampled ahead."""
+        if not self.knobs.max_staleness:
+            return self.sample(self.knobs.prompts_per_step)
+        if self.ahead is None:
+            self.ahead = AheadSampler(lambda on_draw: self.sample(self.knobs.prompts_per_step, on_draw),
+                                      self.knobs.max_staleness)
+        return self.ahead.next()
 
-    def _stop_worker(self) -> None:
-        if self._ahead is not None:
-            self._ahead.stop()
-            self._ahead = None
+    def stop(self) -> None:
+        """Stop the background sampler (its queued rounds are discarded)."""
+        if self.ahead is not None:
+            self.ahead.stop()
+            self.ahead = None
 
     # ------------------------------------------------------------------ step
     def next_rollout(self) -> RolloutBatch:
-        """Sample, score and budget one optimizer step's data for this rank (collective)."""
-        if not self._bound:
-            raise RuntimeError("RolloutDataModule.next_rollout before bind(): the LightningModule must "
-                               "hand over its policy (C3POModule does this in on_train_start)")
-        if self.stream is None:
-            self.setup("fit")
+        """Sample, score and plan one optimizer step's data for this rank (collective)."""
         sums, maxes = stats.empty_stats()
-        carried, fresh, rounds = list(self._carried), [], 0
-        sampled = [self._next_sampled()]
+        responses, plan, sampled = self._plan_step(sums, maxes)
+        plan = self.objective.finalize(plan, lambda x: stats.all_reduce_sum_float(x, self.device), self.world_size)
+        self.state.carried = self._carry([responses[i] for i in plan.carried])
+        stats.count_plan(sums, plan, [r.length for r in responses], len(self.state.carried))
+        step_plan = split_plan(plan, 1, [r.prompt_ids.numel() for r in responses], self.micro_batch_tokens)
+        batch = build_rank_batch(responses, step_plan, 0, pad_id=self.pad_id)
+        n_micro = stats.all_reduce_max_int(len(batch.micro_batches), self.device)
+        pad = tuple(collate(responses, [], step_plan.normalizer, step_plan.loss_agg, self.pad_id)
+                    for _ in range(n_micro - len(batch.micro_batches)))
+        if not self.knobs.max_staleness:  # free the engine's accelerator memory while the trainer runs
+            self.slot.sleep()
+        sums, maxes = stats.all_reduce_stats(sums, maxes, self.device)
+        metrics = stats.finalize(sums, maxes)
+        metrics["rollout/weight_version"] = float(min(s.version for s in sampled))
+        return replace(batch, micro_batches=batch.micro_batches + pad, rank=self.rank, world_size=self.world_size,
+                       budget=int(sums["loss_tokens"]), metrics=metrics)
+
+    def _plan_step(self, sums: dict[str, float], maxes: dict[str, float]
+                   ) -> tuple[list[Response], BudgetPlan, list[Sampled]]:
+        """Sample until every rank's plan is complete (refill rounds); the responses and the plan."""
+        carried, fresh, rounds = list(self.state.carried), [], 0
+        sampled = [self.next_sampled()]
         while True:
             s = sampled[-1]
-            stale = self.weight_version - s.version
+            stale = self.slot.version - s.version
             maxes["staleness_max"] = max(maxes["staleness_max"], stale)
-            rs = s.responses if stale == 0 else [
-                r.replace(age=stale, old_logprobs=r.engine_logprobs) for r in s.responses]
+            rs = s.responses if stale == 0 else [r.replace(age=stale, old_logprobs=r.engine_logprobs)
+                                                 for r in s.responses]
             fresh.extend(rs)
             stats.count_responses(sums, maxes, rs, s.n_prompts, s.errors)
             maxes["time_rollout"] += s.t_rollout
             maxes["time_reward"] += s.t_reward
             responses = carried + fresh
             lengths, eligible = [r.length for r in responses], [r.valid for r in responses]
-            plan = self._select(lengths, eligible, len(carried))
+            plan = self.objective.select(lengths, eligible, n_carried=len(carried), world_size=self.world_size,
+                                         seed=self.knobs.seed + self.stream.draws)
             if not stats.all_reduce_max_int(int(plan is None or plan.need_more), self.device):
-                break
+                maxes["refill_rounds"] = rounds
+                return responses, plan, sampled
             rounds += 1
-            if rounds > self.max_refill_rounds:
+            if rounds > self.knobs.max_refill_rounds:
                 have = sum(n for n, e in zip(lengths, eligible) if e)
+                need = plan.budget if plan is not None else "some"
                 raise RuntimeError(
-                    f"step short of its token budget after {self.max_refill_rounds} extra sampling rounds "
-                    f"(rank {self.rank} has {have} eligible tokens, needs {self.budget.token_budget // self.world_size}); "
-                    "raise prompts_per_step / max_refill_rounds or lower the model's token_budget")
-            sampled.append(self._sample(self.refill_prompts))
-        maxes["refill_rounds"] = rounds
-        if plan.loss_agg == "seq_mean_token_mean":  # GRPO: global number of sequences
-            n_seq = stats.all_reduce_sum_float(len(plan.pieces), self.device)
-            plan = replace(plan, normalizer=n_seq / self.world_size)
-        self._carried = self._carry([responses[i] for i in plan.carried])
-        stats.count_plan(sums, plan, lengths, len(self._carried))
-        step_plan = split_plan(plan, 1, [r.prompt_ids.numel() for r in responses], self.budget.micro_batch_tokens)
-        batch = build_rank_batch(responses, step_plan, 0, pad_id=self.pad_id)
-        n_micro = stats.all_reduce_max_int(len(batch.micro_batches), self.device)
-        pad = tuple(collate(responses, [], step_plan.normalizer, step_plan.loss_agg, self.pad_id)
-                    for _ in range(n_micro - len(batch.micro_batches)))
-        if not self.max_staleness:  # free the engine's accelerator memory while the trainer runs
-            self.slot.sleep()
-        sums, maxes = stats.all_reduce_stats(sums, maxes, self.device)
-        metrics = stats.finalize(sums, maxes)
-        metrics["rollout/weight_version"] = float(min(s.version for s in sampled))
-        return replace(batch, micro_batches=batch.micro_batches + pad, rank=self.rank,
-                       world_size=self.world_size, budget=self.budget.token_budget if plan.loss_agg != "seq_mean_token_mean"
-                       else int(sums["loss_tokens"]), metrics=metrics)
-
-    def _select(self, lengths: list[int], eligible: list[bool], n_carried: int) -> BudgetPlan | None:
-        """This rank's plan (Φ/W tokens, or every response in GRPO mode); None = nothing eligible."""
-        if self.budget.mode == "c3po":
-            return select_budget(lengths, self.budget.token_budget // self.world_size, order=self.budget.fill_order,
-                                 seed=self.seed + self.stream.draws, overflow=self.budget.overflow,
-                                 eligible=eligible, n_carried_in=n_carried)
-        if not any(e and n > 0 for e, n in zip(eligible, lengths)):
-            return None
-        return select_all(lengths, eligible=eligible)
+                    f"step short of its token budget after {self.knobs.max_refill_rounds} extra sampling rounds "
+                    f"(rank {self.rank} has {have} eligible tokens, needs {need}); raise prompts_per_step / "
+                    "max_refill_rounds or lower the objective's token_budget")
+            sampled.append(self.sample(self.knobs.refill_prompts))
 
     def _carry(self, todo: list[Response]) -> tuple[Response, ...]:
         """Responses for the next step, with trainer π_old logprobs (a collective on every rank)."""
-        if self.budget.overflow == "carry" and self.logprob_fn is not None:
+        age = self.objective.carry_age
+        if age and self.logprob_fn is not None:
             lps = iter(self.logprob_fn([r for r in todo if r.old_logprobs is None]))
             todo = [r if r.old_logprobs is not None else r.replace(old_logprobs=next(lps)) for r in todo]
-        return carry_over(todo, range(len(todo)), self.budget.max_carry_age) if todo else ()
+        return carry_over(todo, range(len(todo)), age) if todo and age else ()

@@ -4,7 +4,8 @@ Ring-lite (arXiv 2506.14731, §3) trains its long-CoT SFT model on 32k-token con
 say how samples are batched, truncated or filtered. What we do (and document as our choice):
 
 * every source row is validated (data/sft/rows.py), templated with the tokenizer's chat template,
-  and masked so only assistant tokens are targets;
+  and masked so only assistant tokens are targets; one tokenizer per run: the policy's (taken from
+  the LightningModule at `setup`) unless one is set, and a set one that differs is an error;
 * a document longer than `max_length` is cut to its first `max_length` tokens (`overlong:
   truncate`; if no assistant token survives it is dropped) or dropped (`overlong: drop`); both are
   counted and logged as `data/overlong_truncated`, `data/overlong_dropped`;
@@ -37,7 +38,7 @@ from transformers import PreTrainedTokenizerBase
 
 from ring_lightning.data.sft.packing import PackedBatch, TokenizedDoc, collate_packed, pack_documents
 from ring_lightning.data.sft.rows import SFTRowError, encode_conversation, iter_source, parse_sft_row
-from ring_lightning.models.loading import load_tokenizer
+from ring_lightning.models.loading import load_tokenizer, tokenizer_differences
 
 Overlong = Literal["truncate", "drop"]
 
@@ -53,6 +54,11 @@ class PackedSFTDataset(IterableDataset):
         self.skip_bad_rows, self.shuffle_buffer, self.open_bins = skip_bad_rows, shuffle_buffer, open_bins
         self.seed, self.synthetic_rows = seed, synthetic_rows
         self.epoch, self.dp_rank, self.dp_size, self.start = 0, 0, 1, 0
+        self.set_tokenizer(tokenizer)
+
+    def set_tokenizer(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        """Encode (and pad) with this tokenizer from the next pass on."""
+        self.tokenizer = tokenizer
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
     def set_epoch(self, epoch: int) -> None:
@@ -246,8 +252,10 @@ class SFTDataModule(L.LightningDataModule):
             "synthetic:mixed". Several sources are read one after the other.
         val: held-out sources (same forms; a synthetic source gives its held-out split, disjoint
             from its training split). None: no validation.
-        tokenizer: tokenizer directory; None = the tokenizer shipped with the package. It must be
-            the policy's tokenizer (in YAML: `tokenizer: ${model.init_args.tokenizer}`).
+        tokenizer: tokenizer directory; None = the policy's: the LightningModule's `tokenizer`
+            (SFTModule: the checkpoint's own, or its `tokenizer`), taken at `setup`; the shipped
+            tokenizer when used without a trainer. A directory whose tokenizer differs from the
+            policy's (vocabulary, special tokens, chat template) is an error at `setup`.
         micro_batch_tokens: tokens per micro-batch (one packed row, padded to exactly this size).
         max_length: longest document in tokens; None = micro_batch_tokens. Must be <= micro_batch_tokens.
         overlong: what happens to a longer document: "truncate" (keep its first max_length tokens;
@@ -308,10 +316,31 @@ class SFTDataModule(L.LightningDataModule):
             self.val_dataloader = self._val_dataloader
 
     def setup(self, stage: str) -> None:
+        self._use_policy_tokenizer()
         kwargs = (self.trainer.distributed_sampler_kwargs or {}) if self.trainer is not None else {}
         rank, size = kwargs.get("rank", 0), kwargs.get("num_replicas", 1)
         for ds in (self.train_set, self.val_set):
             ds.set_data_parallel(rank, size)
+
+    def _use_policy_tokenizer(self) -> None:
+        """One tokenizer per run: take the policy's (tokenizer=None), or check that ours equals it."""
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        policy_tok = getattr(module, "tokenizer", None)
+        if policy_tok is None:
+            return
+        if self.tokenizer_path is None:
+            self.tokenizer = policy_tok
+            for ds in (self.train_set, self.val_set):
+                ds.set_tokenizer(policy_tok)
+            return
+        diffs = tokenizer_differences(self.tokenizer, policy_tok)
+        if diffs:
+            where = getattr(module, "tokenizer_path", None) or "the shipped tokenizer (ring_lightning/assets/tokenizer)"
+            raise ValueError(
+                f"SFTDataModule tokenizer {self.tokenizer_path} differs from the policy's tokenizer "
+                f"({type(module).__name__}: {where}) in: {'; '.join(diffs)}. Batches would be encoded with one "
+                "tokenizer and trained/decoded with the other. Set data.init_args.tokenizer: null (the policy's), "
+                "or make model.init_args.tokenizer the same directory")
 
     def _epoch(self) -> int:
         return self.trainer.current_epoch if self.trainer is not None else 0

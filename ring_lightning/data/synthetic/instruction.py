@@ -10,12 +10,7 @@ here, so this file generates tiny prompts of that shape (IFEval instruction ids,
   ``instructions=[{"id", "kwargs"}]``. `data/synthetic/rl_tasks.py`'s ``instruction`` task draws these.
 * `instruction_answer(rng, topic)`: a short answer about the topic for the synthetic SFT data.
 
-What we chose (the report has no such data): the SFT answers are written *without looking at the
-instruction* — letter case, commas and length are drawn at random — so an SFT'd model follows a
-constraint only by chance (about half of the quickstart's lowercase / no-comma / word-limit
-prompts) and general RL has something to learn from the rule-based reward: to read the
-instruction. The answers carry an empty ``<think>`` block (the non-thinking form of the long-CoT
-chat format), so the reward checks the whole answer.
+Choices and details: docs/design.md#data-synthetic-instruction.
 """
 
 from __future__ import annotations

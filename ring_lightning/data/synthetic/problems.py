@@ -4,34 +4,7 @@ Ring-lite (arXiv 2506.14731, §3 "Long-CoT SFT" and §4 "Reinforcement learning 
 long chain-of-thought answers — a `<think>…</think>` reasoning trace followed by a final answer —
 for math, code and logic problems with verifiable answers, then runs general RL (instruction
 following among others). The real corpora cannot be downloaded here, so the quickstart uses small
-generated tasks of the same shape:
-
-* ``arithmetic``: a multi-step integer expression such as ``((23 + 17) * 3) - 12``; the response
-  reasons one operation per line inside ``<think>…</think>`` and ends with ``\\boxed{108}``.
-* ``countdown``: reach a target from a few numbers with + - * (each number used once); the
-  response tries the construction step by step and ends with ``\\boxed{(25 - 5) * 3}``.
-* ``mixed``: alternates the two.
-* ``addition``: the sum of three digits 1-9, ``Compute 4 + 3 + 1.``, reasoned as running sums
-  (``4 + 3 = 7.`` / ``7 + 1 = 8.``) — except that in `QUICK_GUESS_RATE` (30%) of the traces the
-  "teacher" skips the reasoning (``<think>Quick guess.</think>``) and states a guess that is off
-  by 1-3. Distilled long-CoT data is imperfect in the same way (answers without, or inconsistent
-  with, the reasoning). An SFT'd model inherits the habit: at temperature 1 it guesses on about a
-  quarter of the problems (measured: right ~20% of the time, against ~70% with reasoning); reasoning
-  RL, rewarded only for correct answers, learns to reason every time — held-out pass@1 and response
-  length both rise, the dynamics Ring-lite reports for reasoning RL. The gold answer (`answer`) is always the true sum; the
-  trace's stated answer is `meta["stated_answer"]` when it differs.
-* ``instruction``: IFEval-style prompts (lowercase / word limit / no comma) answered by a short
-  sentence that complies only by chance (`data/synthetic/instruction.py`), the start of general RL.
-* ``quickstart``: ``addition`` and ``instruction`` interleaved 3:1 — the quickstart's SFT data.
-
-Everything is deterministic from `seed`. For ``arithmetic`` / ``countdown`` / ``mixed``, problems
-are unique by question text and the held-out split ("val") is disjoint from "train" because both
-are cut from one de-duplicated sequence. ``addition`` / ``instruction`` / ``quickstart`` have
-small problem spaces (729 sums), so they use a fixed *held-out partition* instead (`is_heldout`:
-1 in 7 questions by the CRC-32 of the text): "train" draws (with repeats) only from the rest, "val"
-draws distinct held-out questions, and the RL tasks of `data/synthetic/rl_tasks.py` use the same partition
-— so a question of the held-out evaluation is never seen in SFT or RL training.
-These are deliberately tiny problems: they exercise the recipe on CPU, they are not a benchmark.
+generated tasks of the same shape: docs/design.md#data-synthetic-problems.
 """
 
 from __future__ import annotations

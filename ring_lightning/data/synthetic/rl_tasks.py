@@ -3,29 +3,8 @@
 Ring-lite (arXiv 2506.14731, §4 "Reinforcement learning data") runs reasoning RL on verifiable math,
 code and logic prompts (rule-based 0/1 rewards), then general RL on instruction-following and
 preference data. The real corpora cannot be downloaded here, so these generators make tiny prompts
-of the same *shape* — validated `PromptRow`s that the reward router scores exactly like file rows:
-
-* ``arithmetic`` / ``countdown`` / ``mixed``: the RL split of `data/synthetic/problems.py`'s tasks (the
-  same problem family and prompt wording the synthetic long-CoT SFT data teaches, so an SFT'd tiny
-  model already answers in ``\\boxed{}``). Arithmetic rows are domain "math" (integer answer);
-  countdown rows are domain "logic" with ``meta = {"task": "countdown", "numbers", "target"}``.
-* ``arithmetic_steps``: arithmetic with explicit difficulty knobs (``min_ops``, ``max_ops``,
-  ``max_operand``) and the same prompt wording, for curricula and quick CPU runs (``max_ops=1`` is a
-  task a tiny model can learn within minutes of RL).
-* ``addition``: the sum of three digits (`data/synthetic/problems.py`), domain "math" — the quickstart's
-  reasoning-RL task; by default drawn outside the fixed held-out partition (``split``).
-* ``instruction``: IFEval-style instruction-following prompts (`data/synthetic/instruction.py`),
-  domain "instruction", each carrying ``instructions=[{"id", "kwargs"}]`` checked by
-  `rewards/instruction.py` (bullet count, lowercase, keyword, word limit, no comma, end phrase;
-  about 4,000 distinct prompts).
-
-Where the report is silent, what we chose: RL prompts of a synthetic task are drawn with their own
-seed, so they are different problems from the SFT data of the same task (a prompt may repeat by
-chance; these are toy tasks, not a benchmark). ``addition`` and ``instruction`` can also be drawn
-from one side of `synthetic.is_heldout`'s fixed partition (``split``), which the quickstart uses
-so that its held-out evaluation (`eval/heldout.py`) never scores a question seen in training.
-Every row goes through `parse_row`, so a generator bug surfaces as a `PromptRowError` naming the
-task and row.
+of the same *shape* — validated `PromptRow`s that the reward router scores exactly
+like file rows: docs/design.md#data-synthetic-rl-tasks.
 """
 
 from __future__ import annotations

@@ -16,8 +16,10 @@ trainer, not this harness, decides pass/fail:
   compares them. A literal side of a comparison (``== 5``) was removed from the code before it
   entered the sandbox. The tests run with a snapshot of the builtins taken before the program ran,
   and see the program's names (module ``solution``) except those that shadow a builtin.
-  A final ``{"end": true}`` is written only after every test statement has run; ``sys.exit`` or
-  ``os._exit`` in the program prevent it.
+  Program and tests run in a forked child with a wall-clock limit; the child writes
+  ``{"done": true}`` after every test statement has run, and this (parent) process writes
+  ``{"end": true}`` only when the child exited 0 within the limit (``sys.exit`` / ``os._exit`` in the
+  program prevent ``done``, a crash or a kill prevents ``end``).
 
 `normalize_output` is imported by the trainer too, so both sides normalise identically.
 """
@@ -133,25 +135,39 @@ def _child_stdio(in_path, out_path, err_path, cfg, code):
         sys.stdout = io.open(1, "w", encoding="utf-8", closefd=False)
         sys.stderr = io.open(2, "w", encoding="utf-8", errors="backslashreplace", closefd=False, buffering=1)
         sys.argv = [lang["source_file"]]
-        rc = 0
-        try:
-            exec(code, {"__name__": "__main__", "__builtins__": builtins, "__file__": lang["source_file"]})
-        except SystemExit as e:
-            rc = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-            if not isinstance(e.code, (int, type(None))):
+        rc = _exec_program(code, lang["source_file"])
+    finally:
+        os._exit(rc & 0xFF if rc >= 0 else 1)
+
+
+def _exec_program(code, source_file):
+    """Run `code` as __main__; the exit status. A pass (0) is set only after the program returned
+    normally and its output was flushed: a crash whose traceback cannot be written stays 1."""
+    status = 1
+    try:
+        exec(code, {"__name__": "__main__", "__builtins__": builtins, "__file__": source_file})
+        status = 0
+    except SystemExit as e:
+        status = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        if not isinstance(e.code, (int, type(None))):
+            try:
                 print(e.code, file=sys.stderr)
-        except BaseException:  # noqa: BLE001 - report like the interpreter does, without harness frames
+            except BaseException:  # noqa: BLE001 - the status is already decided
+                pass
+    except BaseException:  # noqa: BLE001 - report like the interpreter does, without harness frames
+        status = 1
+        try:
             import traceback
             etype, err, tb = sys.exc_info()
             traceback.print_exception(etype, err, tb.tb_next)
-            rc = 1
-        try:
-            sys.stdout.flush()
-            sys.stderr.flush()
-        except BaseException:  # noqa: BLE001
-            rc = rc or 1
-    finally:
-        os._exit(rc & 0xFF if rc >= 0 else 1)
+        except BaseException:  # noqa: BLE001 - e.g. EFBIG on a full stderr: still a failure
+            pass
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BaseException:  # noqa: BLE001 - output that could not be written fails the case
+        status = status or 1
+    return status
 
 
 def _wait(pid, timeout_s):
@@ -187,6 +203,13 @@ def _kill_leftovers(cfg):
         if not cfg["kill_all"]:
             return
         time.sleep(0.001)
+
+
+def _size(path):
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
 
 
 def _tail(path, n=300):
@@ -228,6 +251,9 @@ def run_stdio(cfg, chan):
             chan.send(compile_error=f"{type(e).__name__}: {e}")
             return
     cap = cfg["max_output_bytes"]
+    import resource
+    fsize = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    fsize = float("inf") if fsize == resource.RLIM_INFINITY else fsize
     for i, text in enumerate(cfg["inputs"]):
         with open(".case.in", "wb") as f:
             f.write(text.encode("utf-8"))
@@ -242,7 +268,10 @@ def run_stdio(cfg, chan):
         except OSError:
             raw = b""
         out = normalize_output(raw[:cap].decode("utf-8", "replace"))
-        chan.send(case=i, exit=rc, timeout=timed_out, over=len(raw) > cap,
+        sizes = [_size(".case.out"), _size(".case.err")]
+        # A stream that reached RLIMIT_FSIZE had a write refused (EFBIG): the run was cut short.
+        over = len(raw) > cap or any(n >= fsize for n in sizes)
+        chan.send(case=i, exit=rc, timeout=timed_out, over=over, out_bytes=sizes[0], err_bytes=sizes[1],
                   sha=hashlib.sha256(out.encode("utf-8")).hexdigest(), head=out[:200], err=_tail(".case.err"))
     chan.send(end=True)
 
@@ -270,6 +299,30 @@ def run_assert(cfg, chan):
         except unenc as e:
             send(a=aid, e=str(e))
 
+    pid = os.fork()
+    if pid == 0:  # the program and the tests run in a child; this process only watches it
+        status = 1
+        try:
+            _child_assert(code, tests, lang, snapshot, probe, send)
+            status = 0
+        finally:
+            os._exit(status)
+    limit = cfg["assert_timeout_s"]
+    rc, timed_out = _wait(pid, limit)
+    _kill_leftovers(cfg)
+    # The status comes from this process, which the program never controls: a test run that was
+    # killed, crashed or exited early cannot pass, whatever it wrote before.
+    if timed_out:
+        send(error=f"time limit of the assert suite ({limit:g} s wall) exceeded")
+    elif rc == -24:
+        send(error="time limit of the assert suite (CPU) exceeded")
+    elif rc != 0:
+        send(error=f"the test run exited with status {rc} before finishing")
+    else:
+        send(end=True)
+
+
+def _child_assert(code, tests, lang, snapshot, probe, send):
     module = type(sys)("solution")  # importable as `solution` by the tests
     module.__file__ = lang["source_file"]
     sys.modules["solution"] = module
@@ -285,7 +338,7 @@ def run_assert(cfg, chan):
     except BaseException as e:  # noqa: BLE001
         send(error=f"the tests raised {type(e).__name__}: {str(e)[:300]}")
         return
-    send(end=True)
+    send(done=True)
 
 
 def main():

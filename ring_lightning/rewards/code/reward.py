@@ -135,6 +135,7 @@ class _Judge:
         self.seen_probes: set[int] = set()
         self.failure: str | None = None
         self.ended = False
+        self.done = False
         self.foreign = 0
         self.events = 0
 
@@ -169,6 +170,8 @@ class _Judge:
             self._fail(str(ev["error"])[:500])
         elif ev.get("end") is True:
             self.ended = True
+        elif ev.get("done") is True and self.kind == "assert":
+            self.done = True
         elif self.kind == "stdio" and isinstance(ev.get("case"), int):
             i = ev["case"]
             if not 0 <= i < len(self.expected):
@@ -204,6 +207,8 @@ class _Judge:
         if self.kind == "stdio":
             missing = set(range(len(self.expected))) - self.passed
             return (False, f"cases not run: {sorted(missing)[:10]}") if missing else (True, None)
+        if not self.done:
+            return False, "the tests did not run to the end"
         if not self.seen_probes:
             return False, "no assert was executed"
         missing = [p.id for p in self.probes if p.required and p.id not in self.seen_probes]
@@ -220,7 +225,10 @@ class CodeReward:
         max_processes: process/thread limit of a run.
         max_output_bytes: stdout a test case may produce (larger output fails the case).
         max_total_s: wall-clock cap on one sample's whole run (all cases), in seconds.
-        startup_s: extra wall-clock allowance per run for starting the sandbox, in seconds.
+        startup_s: extra wall-clock allowance per run for starting the sandbox, in seconds (a
+            backstop: the harness inside times each case / the assert suite from its own start).
+        wall_grace_s: wall-clock grace over the limit for an assert suite (measured inside the
+            sandbox, so a sleeping program is killed after ``timeout_s + wall_grace_s``).
         compile_timeout_s: limit of a language's compile step, in seconds.
         max_workers: programs run at once (0 = number of CPUs).
         early_stop: stop a run at the first failing case / assert.
@@ -237,8 +245,12 @@ class CodeReward:
                  max_output_bytes: int = 4 << 20, max_total_s: float = 60.0, startup_s: float = 10.0,
                  compile_timeout_s: float = 30.0, max_workers: int = 0, early_stop: bool = True,
                  isolation: Isolation = "auto", python: str = "", languages: Sequence[Language] = (),
-                 max_asserts: int = 10_000, uid_range: tuple[int, int] = (2_000_000, 2_100_000)) -> None:
+                 max_asserts: int = 10_000, uid_range: tuple[int, int] = (2_000_000, 2_100_000),
+                 wall_grace_s: float = 0.5) -> None:
+        if not wall_grace_s >= 0:
+            raise ValueError(f"CodeReward wall_grace_s must be >= 0, got {wall_grace_s!r}")
         self.timeout_s = timeout_s
+        self.wall_grace_s = float(wall_grace_s)
         self.max_output_bytes = max_output_bytes
         self.max_total_s = max_total_s
         self.startup_s = startup_s
@@ -284,7 +296,8 @@ class CodeReward:
         else:
             cfg["tests"], probes = compile_assert_tests(tests["code"])
             judge = _Judge(token, "assert", None, probes)
-            wall = min(self.max_total_s, limit) + self.startup_s
+            cfg["assert_timeout_s"] = min(self.max_total_s, limit) + self.wall_grace_s
+            wall = cfg["assert_timeout_s"] + self.startup_s
             cpu = limit
         if lang.compile:
             wall += self.compile_timeout_s

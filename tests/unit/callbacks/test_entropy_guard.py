@@ -1,6 +1,7 @@
 """EntropyCollapseGuard: counts consecutive low-entropy steps and warns / stops / raises the entropy
 coefficient (capped), logs guard/*, and restores the raised coefficient on resume."""
 
+from types import SimpleNamespace
 import lightning as L
 import pytest
 import torch
@@ -21,11 +22,11 @@ class Scripted(L.LightningModule):
         super().__init__()
         self.w = torch.nn.Parameter(torch.zeros(1))
         self.entropies = entropies
-        self.loss_kwargs = {"entropy_coef": coef}
+        self.objective = SimpleNamespace(entropy_coef=coef)  # where RLModule keeps it
         self.coef_seen = []
 
     def training_step(self, batch, batch_idx):
-        self.coef_seen.append(self.loss_kwargs["entropy_coef"])
+        self.coef_seen.append(self.objective.entropy_coef)
         self.log("train/entropy", float(self.entropies[self.global_step]), batch_size=1)
         return (self.w ** 2).sum()
 
@@ -81,7 +82,7 @@ def test_raise_entropy_coef_multiplies_up_to_the_cap_and_survives_resume(tmp_pat
         _, log = fit(module, guard, steps=4, ckpt_dir=tmp_path)
     # acts at steps 2 and 4: 1e-3 -> 3e-3 -> 5e-3 (capped)
     assert module.coef_seen == [1e-3, 1e-3, 3e-3, 3e-3]
-    assert module.loss_kwargs["entropy_coef"] == pytest.approx(5e-3)
+    assert module.objective.entropy_coef == pytest.approx(5e-3)
     assert log.rows[2]["guard/entropy_coef"] == pytest.approx(3e-3)
 
     guard2 = EntropyCollapseGuard(threshold=0.1, patience=2, action="raise_entropy_coef", factor=3.0, max_coef=5e-3)
@@ -90,6 +91,22 @@ def test_raise_entropy_coef_multiplies_up_to_the_cap_and_survives_resume(tmp_pat
         fit(module2, guard2, steps=6, ckpt_path=str(tmp_path / "last.ckpt"))
     assert module2.coef_seen == [5e-3, 5e-3]  # restored from the checkpoint, not the config's 1e-3
     assert guard2.actions == 3 and guard2.events[-1]["action"] == "warn_at_max_coef"
+
+
+def test_a_zero_coefficient_is_raised_to_start_coef_then_multiplied(tmp_path):
+    """The general-RL configs run with entropy_coef 0: multiplying alone could never raise it."""
+    guard = EntropyCollapseGuard(threshold=0.1, patience=2, action="raise_entropy_coef", factor=2.0, max_coef=4e-3,
+                                 start_coef=1e-3)
+    module = Scripted([0.05] * 20, coef=0.0)
+    with pytest.warns(UserWarning):
+        fit(module, guard, steps=6, ckpt_dir=tmp_path)
+    assert module.coef_seen == [0.0, 0.0, 1e-3, 1e-3, 2e-3, 2e-3]  # acts at steps 2, 4, 6
+    assert module.objective.entropy_coef == pytest.approx(4e-3)
+    assert [e.get("new_coef") for e in guard.events] == [1e-3, 2e-3, 4e-3]
+    default = EntropyCollapseGuard(action="raise_entropy_coef", factor=2.0, max_coef=8e-3)
+    assert default.start_coef == pytest.approx(1e-3)  # max_coef / factor**3
+    with pytest.raises(ValueError, match="start_coef must be in"):
+        EntropyCollapseGuard(action="raise_entropy_coef", max_coef=1e-3, start_coef=2e-3)
 
 
 def test_config_and_metric_errors():

@@ -1,6 +1,6 @@
 """StageTransition: each trigger moves the datamodule to the next stage at the configured step,
 the data mixture changes, lr / module knobs follow, and the stage survives checkpoint + resume —
-with a minimal set_stage datamodule and with the real C3POModule + RolloutDataModule."""
+with a minimal set_stage datamodule and with the real RLModule + RolloutDataModule."""
 
 import math
 
@@ -176,10 +176,11 @@ def test_errors_name_the_problem():
     assert get_knob(obj, "loss_kwargs.entropy_coef") == 5e-4
 
 
-# ---------------------------------------------------------------- real C3POModule + RolloutDataModule
+# ---------------------------------------------------------------- real RLModule + RolloutDataModule
 from ring_lightning.data.rollouts.stream import PromptSource  # noqa: E402
 from ring_lightning.data.rollouts.datamodule import RolloutDataModule  # noqa: E402
-from ring_lightning.modules.c3po import C3POModule  # noqa: E402
+from ring_lightning.modules.rl import RLModule  # noqa: E402
+from ring_lightning.rl.objectives import C3PO
 from ring_lightning.rewards.base import RewardResult  # noqa: E402
 from ring_lightning.rollout.engine import Completion  # noqa: E402
 
@@ -217,22 +218,22 @@ def make_rl(reasoning_reward, general_reward):
         stages={"reasoning": {"math": 1.0}, "general": {"ifeval": 1.0}}, engine=CountingEngine(),
         reward=reasoning_reward, stage_rewards={"general": general_reward},
         prompts_per_step=2, samples_per_prompt=2, max_response_tokens=10, max_prompt_tokens=512)
-    module = C3POModule(model="bailing-tiny", token_budget=8, kl_coef=0.0, parity=False, lr=1e-3)
+    module = RLModule(model="bailing-tiny", parity=False, lr=1e-3, objective=C3PO(token_budget=8, kl_coef=0.0))
     return module, dm
 
 
 def test_real_c3po_run_switches_mixture_and_rewards_and_resumes(tmp_path):
     r1, g1 = DomainRecorder("reasoning"), DomainRecorder("general")
     module, dm = make_rl(r1, g1)
-    cb = StageTransition(after_steps=2, module_knobs={"general": {"loss_kwargs.entropy_coef": 1e-2}})
+    cb = StageTransition(after_steps=2, module_knobs={"general": {"objective.entropy_coef": 1e-2}})
     run(module, dm, cb, steps=3, ckpt_dir=tmp_path)
     assert [c[1] for c in r1.calls] == [["math"], ["math"]]  # steps 1-2: reasoning mixture + reward
     assert [c[1] for c in g1.calls] == [["instruction"]]  # step 3: general mixture + its reward
-    assert dm.stage == "general" and module.loss_kwargs["entropy_coef"] == 1e-2
+    assert dm.stage == "general" and module.objective.entropy_coef == 1e-2
 
     r2, g2 = DomainRecorder("reasoning"), DomainRecorder("general")
     module2, dm2 = make_rl(r2, g2)
-    cb2 = StageTransition(after_steps=2, module_knobs={"general": {"loss_kwargs.entropy_coef": 1e-2}})
+    cb2 = StageTransition(after_steps=2, module_knobs={"general": {"objective.entropy_coef": 1e-2}})
     run(module2, dm2, cb2, steps=4, ckpt_path=str(tmp_path / "last.ckpt"))
     assert r2.calls == [] and [c[1] for c in g2.calls] == [["instruction"]]
-    assert cb2.stage == "general" and dm2.stage == "general" and module2.loss_kwargs["entropy_coef"] == 1e-2
+    assert cb2.stage == "general" and dm2.stage == "general" and module2.objective.entropy_coef == 1e-2

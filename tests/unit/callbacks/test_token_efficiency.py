@@ -1,6 +1,6 @@
 """TokenEfficiency: RL training tokens / SFT tokens of the starting checkpoint, logged every step,
 from an explicit count, an SFT export's meta file, rl_readiness.json or an SFT .ckpt — with the
-real C3POModule (its sft_tokens read from the export dir, its rl_tokens_trained = Φ per step)."""
+real RLModule (its sft_tokens read from the export dir, its rl_tokens_trained = Φ per step)."""
 
 import json
 
@@ -13,7 +13,8 @@ from ring_lightning.callbacks.token_efficiency import META_FILE, TokenEfficiency
 from ring_lightning.data.rollouts.stream import PromptSource
 from ring_lightning.data.rollouts.datamodule import RolloutDataModule
 from ring_lightning.models.loading import load_policy
-from ring_lightning.modules.c3po import C3POModule
+from ring_lightning.modules.rl import RLModule
+from ring_lightning.rl.objectives import C3PO
 from unit.rl_fixtures import FakeEngine, alternating_reward, write_sft_export
 
 
@@ -43,7 +44,7 @@ class Logged(Callback):
 def fit(model_dir, te, steps, ckpt_dir=None, ckpt_path=None):
     dm = RolloutDataModule(sources={"math": PromptSource(task="arithmetic_steps", size=16)}, engine=FakeEngine(),
                            reward=alternating_reward, prompts_per_step=2, samples_per_prompt=2, max_response_tokens=8)
-    module = C3POModule(model=str(model_dir), token_budget=10, kl_coef=0.0, parity=False)
+    module = RLModule(model=str(model_dir), parity=False, objective=C3PO(token_budget=10, kl_coef=0.0))
     log = Logged()
     cbs = [te, log] + ([ModelCheckpoint(dirpath=ckpt_dir, save_last=True, every_n_train_steps=1)] if ckpt_dir else [])
     trainer = L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=bool(ckpt_dir),
@@ -52,19 +53,14 @@ def fit(model_dir, te, steps, ckpt_dir=None, ckpt_path=None):
     return module, log
 
 
-@pytest.fixture(scope="module")
-def sft_export(tmp_path_factory):
-    return write_sft_export(tmp_path_factory.mktemp("sft_export"))
-
-
-def test_real_c3po_logs_rl_over_sft_tokens_each_step_and_after_resume(sft_export, tmp_path):
-    te = TokenEfficiency()  # denominator from C3POModule.sft_tokens (read from the export's meta file)
-    module, log = fit(sft_export, te, steps=2, ckpt_dir=tmp_path)
-    assert te.sft_tokens == 200 and te.source == "C3POModule.sft_tokens"
+def test_real_c3po_logs_rl_over_sft_tokens_each_step_and_after_resume(tiny_sft_export, tmp_path):
+    te = TokenEfficiency()  # denominator from RLModule.sft_tokens (read from the export's meta file)
+    module, log = fit(tiny_sft_export, te, steps=2, ckpt_dir=tmp_path)
+    assert te.sft_tokens == 200 and te.source == "RLModule.sft_tokens"
     assert module.rl_tokens_trained == 20
     assert log.values == [pytest.approx(10 / 200), pytest.approx(20 / 200)]
-    te2 = TokenEfficiency(sft_source=str(sft_export))
-    module2, log2 = fit(sft_export, te2, steps=3, ckpt_path=str(tmp_path / "last.ckpt"))
+    te2 = TokenEfficiency(sft_source=str(tiny_sft_export))
+    module2, log2 = fit(tiny_sft_export, te2, steps=3, ckpt_path=str(tmp_path / "last.ckpt"))
     assert log2.values == [pytest.approx(30 / 200)]  # RL tokens restored from the checkpoint
 
 
@@ -74,5 +70,5 @@ def test_explicit_count_wins_and_a_missing_denominator_is_an_error(tmp_path):
     tok.save_pretrained(str(tmp_path / "m"))
     _, log = fit(tmp_path / "m", TokenEfficiency(sft_tokens=40), steps=1)
     assert log.values == [pytest.approx(10 / 40)]
-    with pytest.raises(ValueError, match="no SFT token count: C3POModule.sft_tokens is 0"):
+    with pytest.raises(ValueError, match="no SFT token count: RLModule.sft_tokens is 0"):
         fit(tmp_path / "m", TokenEfficiency(), steps=1)

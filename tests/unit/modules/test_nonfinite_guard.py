@@ -21,9 +21,9 @@ def test_finite_steps_pass_and_reset_the_run():
 
 
 def test_aborts_after_max_consecutive_with_a_clear_message():
-    g = NonFiniteGuard(max_consecutive=2, where="C3POModule")
+    g = NonFiniteGuard(max_consecutive=2, where="RLModule")
     assert not g.step_ok(float("nan"), 1.0, step=7)
-    with pytest.raises(NonFiniteError, match=r"C3POModule: 2 optimizer steps in a row .* global step 8: loss=1, grad_norm=inf"):
+    with pytest.raises(NonFiniteError, match=r"RLModule: 2 optimizer steps in a row .* global step 8: loss=1, grad_norm=inf"):
         g.step_ok(1.0, float("inf"), step=8)
 
 

@@ -9,7 +9,7 @@ from rewards_testlib import make_row
 
 from ring_lightning.rows import parse_row
 from ring_lightning.rewards.countdown import evaluate_expression, score_countdown
-from ring_lightning.rewards.logic import TASKS, LogicReward, LogicRowError, make_logic_rows
+from ring_lightning.rewards.logic import RG_TASKS, LogicReward, LogicRowError, make_logic_rows
 
 REWARD = LogicReward()
 
@@ -19,7 +19,7 @@ def roundtrip(rows):
     return [parse_row(json.loads(json.dumps(r.to_dict())), f"logic.jsonl row {i}") for i, r in enumerate(rows)]
 
 
-@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("task", RG_TASKS)
 def test_generated_rows_score_their_own_answers(task):
     rows = roundtrip(make_logic_rows(task, 2, seed=11))
     assert all(r.domain == "logic" and r.meta["task"] == task for r in rows)
@@ -42,13 +42,13 @@ def test_rows_are_deterministic_in_seed():
     assert [r.messages for r in a] != [r.messages for r in c]
 
 
-def test_partial_credit_is_opt_in():
+def test_rule_checked_sudoku_is_binary_even_with_partial_credit():
     row = roundtrip(make_logic_rows("mini_sudoku", 1, seed=3))[0]
     lines = row.answer.split("\n")
     broken = "\n".join(lines[:-1] + [" ".join(reversed(lines[-1].split()))])
     assert REWARD([row], [f"<answer>{broken}</answer>"])[0].reward == 0.0
-    partial = LogicReward(partial_credit=True)([row], [f"<answer>{broken}</answer>"])[0].reward
-    assert 0.5 < partial < 1.0
+    assert LogicReward(partial_credit=True)([row], [f"<answer>{broken}</answer>"])[0].reward == 0.0
+    assert LogicReward(partial_credit=True)([row], [f"<answer>{row.answer}</answer>"])[0].reward == 1.0
 
 
 def test_countdown_is_scored_without_eval(tmp_path):
@@ -80,7 +80,8 @@ def test_countdown_number_rules():
     ({"task": "chess"}, "meta.task must be one of"),
     ({"task": "countdown", "numbers": [], "target": 3}, "meta.numbers"),
     ({"task": "countdown", "numbers": [1, 2], "target": "3"}, "meta.target"),
-    ({"task": "sudoku"}, "rg_entry"),
+    ({"task": "sudoku"}, "meta.puzzle"),
+    ({"task": "arc_1d"}, "rg_entry"),
 ])
 def test_invalid_rows(meta, match):
     row = make_row("logic", answer="1", meta=meta)

@@ -61,7 +61,7 @@ def test_adversarial_answers_get_nothing(reward):
 
 def test_unparseable_gold_is_excluded_not_rewarded(reward):
     res = score(reward, "}{", "\\boxed{1}")
-    assert res.reward == 0.0 and res.valid is False and "does not parse" in res.info["error"]
+    assert res.reward == 0.0 and res.valid is False and "unbalanced braces" in res.info["error"]
     with pytest.raises(ValueError, match="data.jsonl row 3: gold answer"):
         reward.validate(make_row("math", answer="}{"), "data.jsonl row 3")
     reward.validate(make_row("math", answer="\\frac{3}{4}"), "data.jsonl row 4")

@@ -112,7 +112,7 @@ def test_validate_names_file_and_row(tmp_path):
            ({"id": "g", "domain": "code", "prompt": "p", "tests": {"type": "stdio", "cases": "x"}}, "cases"),
            ({"id": "h", "domain": "general", "prompt": "p"}, "configure `reward_model`"),
            ({"id": "i", "domain": "math", "prompt": "p", "answer": "1", "reward": "nope"}, "no reward named 'nope'"),
-           ({"id": "j", "domain": "math", "prompt": "p", "answer": "}{"}, "does not parse")]
+           ({"id": "j", "domain": "math", "prompt": "p", "answer": "}{"}, "unbalanced braces")]
     path = tmp_path / "mixed.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in good + [b for b, _ in bad]) + "\n")
     rows = load_prompts(path)

@@ -1,5 +1,6 @@
 """Parity metrics: train/inference mismatch (hand-computed), the sync probe's schedule and its verdicts
-(with HFEngine, so no vLLM start is needed here)."""
+(with HFEngine, so no vLLM start is needed here), for untied and tied-embedding policies, and the
+parameter groups a parity error names."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 from ring_lightning.models.loading import load_policy
 from ring_lightning.rollout.hf_engine import HFEngine
 from ring_lightning.rollout.parity import SyncParityError, SyncParityProbe, sequence_logprobs, train_infer_mismatch
+from unit.rollout.tied_models import TIED, tied_policy
 
 
 def test_train_infer_mismatch_hand_computed():
@@ -69,3 +71,48 @@ def test_probe_passes_in_sync_and_raises_when_out_of_sync():
     assert probe.after_sync(HFEngine(model, tok), other, step=2) is None  # not due
     with pytest.raises(SyncParityError, match=r"HFEngine .* at step 7"):
         probe.check(HFEngine(other, tok), model, step=7)
+
+
+@pytest.mark.parametrize("kind", TIED)
+def test_tied_policy_syncs_into_an_engine_copy_by_state_dict(kind):
+    """state_dict() names the tied head (`lm_head.weight`) besides the embedding; both are accepted."""
+    model, tok = tied_policy(kind)
+    engine = HFEngine(model, tok, copy_model=True)
+    probe = SyncParityProbe(num_prompts=3, prompt_len=6, max_tokens=8)
+    embed = model.get_input_embeddings().weight
+    with torch.no_grad():
+        embed.add_(torch.randn_like(embed) * 0.05)
+    with pytest.raises(SyncParityError):
+        probe.check(engine, model, step=1)  # the copy is stale before the sync
+    engine.update_weights(model.state_dict().items())
+    assert engine.model.get_output_embeddings().weight is engine.model.get_input_embeddings().weight
+    assert probe.check(engine, model, step=2)["rollout/sync_logprob_diff_max"] <= 1e-4
+
+
+@pytest.mark.parametrize("kind", TIED)
+def test_parity_error_names_the_groups_that_differ(kind):
+    model, tok = tied_policy(kind)
+    engine = HFEngine(model, tok, copy_model=True)
+    with torch.no_grad():  # changed in the trainer, not synced
+        model.model.norm.weight.add_(0.5)
+        model.model.layers[1].input_layernorm.weight.add_(0.25)
+    with pytest.raises(SyncParityError) as err:
+        SyncParityProbe(num_prompts=3, prompt_len=6, max_tokens=8).check(engine, model, step=5)
+    msg = str(err.value)
+    assert "trainer embeddings tied (tie_word_embeddings=True); engine copy: embeddings tied" in msg
+    assert "weights differing engine vs trainer: model.norm (max |Δ| 0.5), model.layers.1 (max |Δ| 0.25)" in msg
+    n = len(dict(model.named_parameters(remove_duplicate=False)))
+    assert f"({n} of {n} tensors comparable" in msg
+    assert "pass every trainer parameter to update_weights" in msg
+
+
+def test_parity_error_on_the_shared_model_says_so():
+    model, tok = load_policy("qwen3-tiny", seed=0)
+    other, _ = load_policy("qwen3-tiny", seed=1)
+    with pytest.raises(SyncParityError) as err:
+        SyncParityProbe(num_prompts=2, prompt_len=6, max_tokens=8).check(HFEngine(other, tok), model, step=1)
+    msg = str(err.value)
+    assert "engine copy: embeddings untied" in msg and "model.embed_tokens" in msg and "lm_head" in msg
+    shared = HFEngine(model, tok)
+    assert shared.diagnose_sync(model) == ["trainer embeddings untied (tie_word_embeddings=False); the engine "
+                                           "samples from the trainer's model object itself"]

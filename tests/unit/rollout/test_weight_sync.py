@@ -1,11 +1,13 @@
 """Exact weight sync trainer -> embedded vLLM (CPU): checkpoint-format streaming (fused Qwen3-MoE
 experts, FSDP2 shards), and SYNC PARITY after perturbing every weight, for an HF Qwen3-MoE policy and
-the native BailingMoe policy (and a Qwen3-MoE whose experts vLLM pads); a broken sync is caught. One
-vLLM engine alive at a time (3 starts)."""
+the native BailingMoe policy (and a Qwen3-MoE whose experts vLLM pads); a broken sync is caught; tied
+embeddings (Qwen2, Qwen3-MoE, Llama, BailingMoe) sync exactly and a stale tied head is named in the parity error.
+One vLLM engine alive at a time (7 starts)."""
 
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -25,6 +27,8 @@ from ring_lightning.rollout.weight_sync import (
     clean_name,
     layer_key,
 )
+
+from unit.rollout.tied_models import TIED, tied_policy
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -210,3 +214,80 @@ def test_broken_sync_is_caught_and_a_full_sync_recovers(synced):
         engine.update_weights([("model.not_a_layer.weight", torch.zeros(3))])
     engine.update_weights(model.named_parameters())  # the engine is usable again after a failed sync
     assert probe_diff(engine, model, 13)[1] <= 1e-4
+
+
+# ------------------------------------------------------------------ tied embeddings (issue 20)
+
+
+def test_tied_head_kernel_is_rebuilt_and_a_quantized_one_refused():
+    """No engine: a head aliasing the loaded embedding gets its CPU GEMM rebuilt from the new weight."""
+    from vllm.model_executor.layers.vocab_parallel_embedding import UnquantizedEmbeddingMethod
+
+    from ring_lightning.rollout.weight_sync import _refresh_tied_layers, _tied_layers
+
+    model = torch.nn.Module()
+    model.embed, model.head = torch.nn.Module(), torch.nn.Module()
+    model.embed.weight = model.head.weight = torch.nn.Parameter(torch.randn(96, 64), requires_grad=False)
+    model.head.quant_method = UnquantizedEmbeddingMethod()
+    assert [n for n, _ in _tied_layers(model, {"embed.weight"})] == ["head"]
+    assert _tied_layers(model, {"embed.weight", "head.weight"}) == [] and _tied_layers(model, set()) == []
+    _refresh_tied_layers(model, {"embed.weight"})
+    x = torch.randn(3, 64)
+    assert torch.allclose(model.head.cpu_linear(x, model.head.weight, None), x @ model.head.weight.T, atol=1e-5)
+    model.head.quant_method = object()
+    with pytest.raises(WeightSyncError, match=r"head shares its weight .* uses object"):
+        _refresh_tied_layers(model, {"embed.weight"})
+
+
+@pytest.fixture(scope="module", params=TIED)
+def tied_synced(request):
+    from ring_lightning.rollout.vllm_engine import VLLMEngine
+
+    model, tok = tied_policy(request.param)
+    engine = VLLMEngine(model, tok, max_model_len=256, max_num_seqs=16, seed=0)
+    yield request.param, model, engine
+    engine.close()
+
+
+def test_tied_embeddings_sync_exactly(tied_synced):
+    """The trainer yields only `embed_tokens.weight`; vLLM skips `lm_head.weight` and aliases the
+    embedding, but on CPU the head's prepacked GEMM was built from the start-up weights and must be
+    rebuilt after each sync (before: mean |Δlogprob| 0.13, max 0.46 at step 0)."""
+    kind, model, engine = tied_synced
+    mean, mx = probe_diff(engine, model, 0)
+    assert mean <= 1e-5 and mx <= 1e-4, (kind, mean, mx)
+    for round_ in (1, 2):
+        perturb_all(model, seed=round_)  # the shared embedding/head changes too
+        assert probe_diff(engine, model, round_)[0] > 1e-2
+        engine.update_weights(model.named_parameters() if round_ == 1 else model.state_dict().items())
+        mean, mx = probe_diff(engine, model, round_)
+        assert mean <= 1e-5 and mx <= 1e-4, (kind, round_, mean, mx)
+    sharing = engine.llm.apply_model(  # vLLM's head is the embedding's Parameter
+        lambda m: sorted(type(e).__name__ for e in m.modules() if getattr(e, "weight", None) is m.lm_head.weight))
+    assert sharing == [["ParallelLMHead", "VocabParallelEmbedding"]]
+
+
+def test_parity_error_names_a_stale_tied_head_and_the_differing_groups(tied_synced, monkeypatch):
+    from ring_lightning.rollout import weight_sync
+
+    kind, model, engine = tied_synced
+    perturb_all(model, seed=7)
+    monkeypatch.setattr(weight_sync, "_refresh_tied_layers", lambda *a: None)  # the bug this fixes
+    engine.update_weights(model.named_parameters())
+    probe = SyncParityProbe(num_prompts=6, prompt_len=8, max_tokens=24)
+    with pytest.raises(SyncParityError) as err:
+        probe.check(engine, model, step=3)
+    msg = str(err.value)
+    assert "trainer embeddings tied (tie_word_embeddings=True); engine lm_head is the input embedding" in msg
+    assert re.search(r"stale head kernel .*: lm_head \(max \|Δlogit\| \d", msg), msg
+    assert "no compared weight group differs" in msg and "untie the embeddings" in msg
+    monkeypatch.undo()
+    engine.update_weights(model.named_parameters())  # a real sync rebuilds the head's kernel
+    assert probe_diff(engine, model, 4)[1] <= 1e-4
+    with torch.no_grad():
+        model.model.norm.weight.add_(0.25)  # not synced: the engine keeps the old final norm
+    with pytest.raises(SyncParityError) as err:
+        probe.check(engine, model, step=4)
+    msg = str(err.value)
+    assert "weights differing engine vs trainer: model.norm (max |Δ| 0.25)" in msg, msg
+    assert "stale head kernel" not in msg and "pass every trainer parameter to update_weights" in msg

@@ -24,7 +24,8 @@ SCRIPT = textwrap.dedent('''
     import torch
     from ring_lightning.data.rollouts.stream import PromptSource
     from ring_lightning.data.rollouts.datamodule import RolloutDataModule
-    from ring_lightning.modules.c3po import C3POModule
+    from ring_lightning.modules.rl import RLModule
+    from ring_lightning.rl.objectives import C3PO
     from ring_lightning.rollout.engine import Completion
     from unit.rl_fixtures import Float64C3PO, ParityReward
 
@@ -46,14 +47,15 @@ SCRIPT = textwrap.dedent('''
 
     if __name__ == "__main__":
         mode, out, precision = sys.argv[1], sys.argv[2], sys.argv[3]
-        cls = Float64C3PO if precision == "64" else C3POModule
+        cls = Float64C3PO if precision == "64" else RLModule
         strategy = {"single": "auto", "ddp": "ddp_find_unused_parameters_true"}.get(mode)
         if mode == "fsdp2":
             from lightning.pytorch.strategies import ModelParallelStrategy
             strategy = ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1)
-        module = cls(model="bailing-tiny", token_budget=160, micro_batch_tokens=None if mode == "single" else 100,
-                             optimizer=lambda params: torch.optim.SGD(params, lr=1.0), grad_clip=None,
-                             kl_coef=1e-2, router_aux_loss_coef=0.0, router_z_loss_coef=0.0, parity=False)
+        module = cls(model="bailing-tiny", objective=C3PO(token_budget=160, kl_coef=1e-2),
+                     micro_batch_tokens=None if mode == "single" else 100,
+                     optimizer=lambda params: torch.optim.SGD(params, lr=1.0), grad_clip=None,
+                     router_aux_loss_coef=0.0, router_z_loss_coef=0.0, parity=False)
         held_out = {"v1": PromptSource(task="arithmetic_steps", size=3, seed=9),
                     "v2": PromptSource(task="countdown", size=2, seed=9)}
         dm = RolloutDataModule(sources={"a": PromptSource(task="arithmetic_steps", size=32)},
@@ -97,14 +99,14 @@ def test_two_ranks_with_micro_batches_equal_one_batch_ddp_and_fsdp2(tmp_path):
     val = single["val"]
     assert val["val/problems"] == 5 and val["val/math/problems"] == 3 and val["val/logic/problems"] == 2
     assert 0.0 < val["val/pass@1"] < val["val/pass@4"] <= 1.0
-    from ring_lightning.modules.c3po import C3POModule
+    from ring_lightning.modules.rl import RLModule
 
-    start_module = C3POModule(model="bailing-tiny", parity=False)
+    start_module = RLModule(model="bailing-tiny", parity=False)
     start_module.configure_model()
     start = torch.cat([p.detach().double().flatten() for p in start_module.policy.parameters()])
     update = (single["params"] - start).abs().max()
     assert update > 1e-3  # the step moved the weights
-    # DDP, float64: only BailingMoe's fp32 routing rounds differently (see test_c3po.py)
+    # DDP, float64: only BailingMoe's fp32 routing rounds differently (see test_rl.py)
     diff = (single["params"] - results["ddp"]["params"]).abs().max()
     assert diff <= 1e-6 * update, float(diff / update)
     # FSDP2, float32 against the float64 reference: float32 rounding only (a wrong normaliser is O(1))

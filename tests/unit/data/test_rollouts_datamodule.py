@@ -12,7 +12,8 @@ from unit.rl_fixtures import FakeEngine, ParityReward
 
 from ring_lightning.data.rollouts.stream import PromptSource, PromptStream
 from ring_lightning.data.synthetic.rl_tasks import RL_TASKS, rl_task_rows
-from ring_lightning.data.rollouts.datamodule import BudgetSpec, RolloutDataModule, RolloutRequest
+from ring_lightning.data.rollouts.datamodule import RolloutDataModule, RolloutRequest
+from ring_lightning.rl.objectives import C3PO, GRPO
 from ring_lightning.models.loading import load_tokenizer
 
 TOK = load_tokenizer()
@@ -24,8 +25,8 @@ def make_dm(phi=60, mode="c3po", overflow="drop", L=4, K=4, world=1, rank=0, log
     dm = RolloutDataModule(sources=sources, engine=kw.pop("engine", FakeEngine()), reward=ParityReward(),
                            prompts_per_step=L, samples_per_prompt=K, max_response_tokens=12, **kw)
     dm.setup("fit")
-    dm.bind(None, TOK, BudgetSpec(mode=mode, token_budget=phi, overflow=overflow, micro_batch_tokens=mbt),
-            rank=rank, world_size=world, logprob_fn=logprob_fn)
+    objective = C3PO(token_budget=phi, overflow=overflow) if mode == "c3po" else GRPO()
+    dm.bind(None, TOK, objective, micro_batch_tokens=mbt, rank=rank, world_size=world, logprob_fn=logprob_fn)
     return dm
 
 
@@ -131,7 +132,7 @@ def test_carry_over_puts_unused_responses_first_with_trainer_old_logprobs():
 
     dm = make_dm(phi=40, overflow="carry", logprob_fn=logprob_fn)
     first = dm.next_rollout()
-    carried = dm._carried
+    carried = dm.sampler_state.carried
     assert first.metrics["budget/responses_carried"] == len(carried) > 0 and calls[0] == len(carried)
     assert all(r.age == 1 and torch.equal(r.old_logprobs, torch.full((r.length,), -2.0)) for r in carried)
     second = dm.next_rollout()
@@ -141,7 +142,19 @@ def test_carry_over_puts_unused_responses_first_with_trainer_old_logprobs():
     b = row0.sample_index.tolist().index(0)
     assert bool(row0.old_known[b]) and torch.all(row0.old_logprobs[b][row0.loss_mask[b]] == -2.0)
     # carried responses are at most max_carry_age old: the ones not used at step 2 are dropped
-    assert all(r.age == 1 for r in dm._carried)
+    assert all(r.age == 1 for r in dm.sampler_state.carried)
+
+
+def test_a_stage_switch_drops_the_carried_responses_of_the_old_stage():
+    """Carried responses belong to the old stage's prompts and reward: they must not train the next stage."""
+    dm = make_dm(phi=40, overflow="carry", logprob_fn=lambda rs: [torch.full((r.length,), -2.0) for r in rs],
+                 stages={"one": {"arith": 1.0}, "two": {"count": 1.0}})
+    dm.next_rollout()
+    assert dm.sampler_state.carried and all(r.prompt_id.startswith("arith") for r in dm.sampler_state.carried)
+    dm.set_stage("two")
+    assert dm.sampler_state.carried == ()
+    batch = dm.next_rollout()
+    assert all(r.age == 0 and not r.prompt_id.startswith("arith") for r in batch.responses)
 
 
 def test_grpo_uses_every_response_with_a_sequence_count_normaliser():
@@ -180,7 +193,7 @@ def test_stage_and_stream_position_are_checkpointed():
                               prompts_per_step=4, samples_per_prompt=4, max_response_tokens=12)
     fresh.load_state_dict(state)  # before setup, as Lightning may restore it
     fresh.setup("fit")
-    fresh.bind(None, TOK, BudgetSpec(token_budget=60))
+    fresh.bind(None, TOK, C3PO(token_budget=60))
     assert fresh.stage == "general"
     assert [r.prompt_id for r in fresh.next_rollout().responses] == expected
     assert all(pid.startswith("countdown") for pid in expected)
@@ -199,7 +212,7 @@ def test_background_sampling_is_at_most_max_staleness_behind():
                 if r.age > 0:  # stale: trains with the behaviour policy's (engine) logprobs as π_old
                     assert torch.equal(r.old_logprobs, r.engine_logprobs)
             deadline = time.monotonic() + 30
-            while dm._ahead.queued == 0 and time.monotonic() < deadline:  # let the worker sample ahead
+            while dm.sampler.ahead.queued == 0 and time.monotonic() < deadline:  # let the worker sample ahead
                 time.sleep(0.01)
             dm.sync_weights(iter(()), version=step + 1)
     finally:

@@ -1,4 +1,4 @@
-"""C3POModule in real Lightning fits on CPU with a tiny Qwen3-MoE policy and a fake rollout engine
+"""RLModule in real Lightning fits on CPU with a tiny Qwen3-MoE policy and a fake rollout engine
 (a test double for the engine seam; the real vLLM engine and reward router run in
 tests/integration/test_rl_fit.py)."""
 
@@ -12,7 +12,8 @@ from unit.rl_fixtures import Float64C3PO, ListLogger, ParityReward, Record, chec
 
 from ring_lightning.data.rollouts.stream import PromptSource
 from ring_lightning.data.rollouts.datamodule import RolloutDataModule
-from ring_lightning.modules.c3po import C3POModule
+from ring_lightning.modules.rl import RLModule
+from ring_lightning.rl.objectives import C3PO, GRPO
 from ring_lightning.modules.rng_state import KEY as RNG_KEY
 
 PRESET = "bailing-tiny"
@@ -34,7 +35,7 @@ def fit(module, dm, steps=2, callbacks=(), **trainer_kw):
 
 def test_exactly_phi_loss_tokens_every_step_and_on_policy_rollouts():
     engine, rec = recording_engine(), Record()
-    module = C3POModule(model=PRESET, token_budget=96, micro_batch_tokens=160, lr=1e-3, parity=False)
+    module = RLModule(model=PRESET, micro_batch_tokens=160, lr=1e-3, parity=False, objective=C3PO(token_budget=96))
     initial = checksum(module.policy.named_parameters()) if module.policy is not None else None
     fit(module, make_dm(engine), steps=3, callbacks=[rec])
     assert [m["train/loss_tokens"] for m in rec.metrics] == [96.0] * 3
@@ -60,9 +61,9 @@ def test_exactly_phi_loss_tokens_every_step_and_on_policy_rollouts():
 
 def _one_step_params(micro_batch_tokens, aux_coef=0.0, z_coef=1e-3):
     sgd = lambda params: torch.optim.SGD(params, lr=1.0)  # noqa: E731  the update is -grad
-    module = Float64C3PO(model=PRESET, token_budget=120, micro_batch_tokens=micro_batch_tokens, optimizer=sgd,
-                         grad_clip=None, kl_coef=1e-2, router_aux_loss_coef=aux_coef, router_z_loss_coef=z_coef,
-                         parity=False)
+    module = Float64C3PO(model=PRESET, objective=C3PO(token_budget=120, kl_coef=1e-2),
+                         micro_batch_tokens=micro_batch_tokens, optimizer=sgd, grad_clip=None,
+                         router_aux_loss_coef=aux_coef, router_z_loss_coef=z_coef, parity=False)
     rec = Record()
     fit(module, make_dm(), steps=1, callbacks=[rec])
     return torch.cat([p.detach().flatten() for p in module.policy.parameters()]), rec.metrics[-1]
@@ -86,7 +87,7 @@ def test_micro_batching_gives_the_single_batch_gradient_in_float64():
 
 def test_grpo_mode_trains_on_every_response():
     rec = Record()
-    module = C3POModule(model=PRESET, loss_mode="grpo", kl_coef=0.0, clip_eps_high=0.28, tis_cap=2.0, parity=False)
+    module = RLModule(model=PRESET, parity=False, objective=GRPO(kl_coef=0.0, clip_eps_high=0.28, tis_cap=2.0))
     fit(module, make_dm(), steps=2, callbacks=[rec])
     assert module._ref == []  # kl_coef == 0: no reference model
     for m in rec.metrics:
@@ -97,9 +98,24 @@ def test_grpo_mode_trains_on_every_response():
         assert 0.0 < m["train/tis_weight_mean"] < 1.0 and m["train/tis_capped_frac"] == 0.0
 
 
+def test_a_step_of_carried_responses_only_logs_no_stale_mismatch(tmp_path):
+    """Step 2 trains only carried responses: no train-vs-inference mismatch is measured, and none is logged
+    (Lightning would repeat step 1's value unless the module hides it)."""
+    dm = RolloutDataModule(sources={"a": PromptSource(task="arithmetic_steps", size=40)}, engine=recording_engine(),
+                           reward=ParityReward(), prompts_per_step=4, samples_per_prompt=4, max_response_tokens=14)
+    module = RLModule(model="bailing-tiny", parity=False, objective=C3PO(token_budget=64, overflow="carry"))
+    logged = ListLogger()
+    trainer = L.Trainer(max_steps=2, accelerator="cpu", logger=logged, enable_progress_bar=False,
+                        enable_model_summary=False, log_every_n_steps=1, enable_checkpointing=False)
+    trainer.fit(module, dm)
+    assert [step for step, _ in logged.rows] == [0, 1]
+    assert logged.rows[1][1]["budget/loss_tokens"] == 64.0 and logged.rows[0][1]["budget/responses_carried"] > 0
+    assert "rollout/train_infer_kl" in logged.rows[0][1] and "rollout/train_infer_kl" not in logged.rows[1][1]
+
+
 def test_checkpoint_saves_counters_stage_and_resumes(tmp_path):
     model_dir = tmp_path / "sft"
-    policy_module = C3POModule(model=PRESET, kl_coef=0.0, parity=False)
+    policy_module = RLModule(model=PRESET, parity=False, objective=C3PO(kl_coef=0.0))
     policy_module.configure_model()
     policy_module.policy.save_pretrained(model_dir)
     policy_module.tokenizer.save_pretrained(model_dir)
@@ -110,12 +126,13 @@ def test_checkpoint_saves_counters_stage_and_resumes(tmp_path):
     dm = RolloutDataModule(
         sources=sources, stages=stages, engine=recording_engine(), reward=ParityReward(), prompts_per_step=4,
         samples_per_prompt=4, max_response_tokens=14)
-    module = C3POModule(model=str(model_dir), token_budget=64, overflow="carry", parity=False)
+    module = RLModule(model=str(model_dir), parity=False, objective=C3PO(token_budget=64, overflow="carry"))
     assert module.sft_tokens == 5000
 
     class SwitchStage(Callback):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            trainer.datamodule.set_stage("general")
+            if trainer.datamodule.stage != "general":  # once, after step 1
+                trainer.datamodule.set_stage("general")
 
     class RngAt(Callback):  # the torch generator right after step 2's training_step
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
@@ -129,15 +146,15 @@ def test_checkpoint_saves_counters_stage_and_resumes(tmp_path):
                         callbacks=[ckpt, SwitchStage(), rec, RngAt()])
     trainer.fit(module, dm)
     assert rec.metrics[-1]["tokens/rl_over_sft"] == pytest.approx(128 / 5000)
-    # step 2 trains only carried responses: no train-vs-inference mismatch is measured, and none is logged
-    # (Lightning would repeat step 1's value unless the module hides it)
+    # the switch after step 1 dropped step 1's carried responses: step 2 trains fresh "general" ones
     assert [step for step, _ in logged.rows] == [0, 1]
-    assert "rollout/train_infer_kl" in logged.rows[0][1] and "rollout/train_infer_kl" not in logged.rows[1][1]
+    assert all("rollout/train_infer_kl" in row for _, row in logged.rows)
+    assert rec.metrics[-1]["rollout/staleness_max"] == 0.0 and rec.metrics[-1]["reward/logic/count"] > 0
     exported = module.export_hf(tmp_path / "rl_export")  # the next stage's input
     meta = json.loads((exported / "ring_lightning_meta.json").read_text())
     assert meta == {"sft_tokens_seen": 5000, "rl_tokens_trained": 128,
                     "rl_tokens_generated": module.rl_tokens_generated}
-    reloaded = C3POModule(model=str(exported), parity=False)
+    reloaded = RLModule(model=str(exported), parity=False)
     reloaded.configure_model()
     assert reloaded.sft_tokens == 5000
     for (name, a), (_, b) in zip(module.policy.named_parameters(), reloaded.policy.named_parameters()):
@@ -156,12 +173,12 @@ def test_checkpoint_saves_counters_stage_and_resumes(tmp_path):
     dm2 = RolloutDataModule(sources=sources, stages=stages, engine=recording_engine(), reward=ParityReward(),
                             prompts_per_step=4, samples_per_prompt=4, max_response_tokens=14)
 
-    class RngAtStep(C3POModule):
+    class RngAtStep(RLModule):
         def training_step(self, request, batch_idx):
             self.rng_at_step = torch.get_rng_state()
             return super().training_step(request, batch_idx)
 
-    module2 = RngAtStep(model=str(model_dir), token_budget=64, overflow="carry", parity=False)
+    module2 = RngAtStep(model=str(model_dir), parity=False, objective=C3PO(token_budget=64, overflow="carry"))
     torch.manual_seed(123)  # a resumed process starts with other generator states
     rec2 = Record()
     trainer2 = L.Trainer(max_steps=3, accelerator="cpu", logger=False, enable_progress_bar=False,

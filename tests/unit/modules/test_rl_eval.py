@@ -1,4 +1,4 @@
-"""C3POModule held-out evaluation in real Lightning validate / test / fit loops, with a fake engine whose
+"""RLModule held-out evaluation in real Lightning validate / test / fit loops, with a fake engine whose
 samples depend on the weights it holds: pass@1 / pass@k overall and per domain, the engine always holds
 the module's current weights (checkpoint weights in `validate --ckpt_path`, even when the engine was built
 before the checkpoint was loaded), periodic validation during fit, no needless weight syncs."""
@@ -13,7 +13,8 @@ from unit.rl_fixtures import ParityReward, WeightEngine, checksum
 from ring_lightning.data.rollouts.stream import PromptSource
 from ring_lightning.data.rollouts.datamodule import RolloutDataModule
 from ring_lightning.eval.passk import pass_at_k
-from ring_lightning.modules.c3po import C3POModule
+from ring_lightning.modules.rl import RLModule
+from ring_lightning.rl.objectives import C3PO
 
 PRESET = "bailing-tiny"
 HELD_OUT = {"arith": PromptSource(task="arithmetic_steps", size=6, seed=8),
@@ -28,7 +29,7 @@ def make_dm(**kw):
 
 
 def module(**kw):
-    return C3POModule(model=PRESET, token_budget=64, lr=1e-2, kl_coef=0.0, parity=False, **kw)
+    return RLModule(model=PRESET, lr=1e-2, parity=False, **kw, objective=C3PO(token_budget=64, kl_coef=0.0))
 
 
 def trainer(tmp_path, **kw):
@@ -89,7 +90,7 @@ def test_validate_with_checkpoint_evaluates_the_checkpoint_weights(fitted, tmp_p
         assert out[key] == pytest.approx(value, abs=1e-7), key
 
 
-class EngineFirst(C3POModule):
+class EngineFirst(RLModule):
     """Builds the engine from the initial weights before Lightning restores the checkpoint."""
 
     def configure_model(self):
@@ -100,7 +101,7 @@ class EngineFirst(C3POModule):
 def test_engine_built_before_the_checkpoint_load_is_synced_before_evaluating(fitted, tmp_path):
     rec = fitted["rec"]
     WeightEngine.built.clear()
-    m = EngineFirst(model=PRESET, token_budget=64, lr=1e-2, kl_coef=0.0, parity=False)
+    m = EngineFirst(model=PRESET, lr=1e-2, parity=False, objective=C3PO(token_budget=64, kl_coef=0.0))
     dm = make_dm(test_sources=HELD_OUT)
     out = trainer(tmp_path).test(m, dm, ckpt_path=str(fitted["ckpt"] / "step=2.ckpt"))[0]
     engine = WeightEngine.built[0]

@@ -1,11 +1,11 @@
-"""Pieces of a C3PO optimizer step that are not the step itself: weight streaming into the engine,
+"""Pieces of an RL optimizer step that are not the step itself: weight streaming into the engine,
 whole-response logprob batches (π_old of carried responses), gradient clipping, the per-step metric
-accumulator (reduced over ranks) and the engine-vs-trainer parity probe.
+accumulator (reduced over ranks). The parity probe itself is `rollout/parity.py`.
 
 Metrics (Ring-lite, arXiv 2506.14731, tracks entropy, KL and response length during RL; the
 train-vs-inference mismatch metrics are ours): per step, over all ranks —
-``train/loss`` (the step's objective, = Σ token losses / Φ in c3po mode), ``train/loss_tokens``
-(== Φ in c3po mode), ``train/policy_loss``, ``train/kl_loss``, ``train/entropy_loss``,
+``train/loss`` (the step's objective, = Σ token losses / Φ with C3PO), ``train/loss_tokens``
+(== Φ with C3PO), ``train/policy_loss``, ``train/kl_loss``, ``train/entropy_loss``,
 ``train/entropy``, ``train/kl_ref``, ``train/clip_low_frac``, ``train/clip_high_frac``,
 ``train/ratio_mean|min|max``, ``train/router_load_balance``, ``train/router_z_loss``,
 ``rollout/train_infer_kl`` (k3 estimate of KL(π_engine‖π_trainer), as `rollout/parity.py`'s
@@ -107,7 +107,7 @@ class MetricAccumulator:
             s["train/router_load_balance"] = s.get("train/router_load_balance", 0.0) + float(
                 aux["load_balance_loss_unscaled"]) * aux_weight
             s["train/router_z_loss"] = s.get("train/router_z_loss", 0.0) + float(aux["z_loss_unscaled"]) * aux_weight
-        if n > 0:
+        if n > 0 and "ratio/max" in m:  # an objective without a ratio logs none
             self.maxes["train/ratio_max"] = max(self.maxes["train/ratio_max"], float(m["ratio/max"]))
             self.maxes["neg/train/ratio_min"] = max(self.maxes["neg/train/ratio_min"], -float(m["ratio/min"]))
         if mb.engine_logprobs is not None:
@@ -128,8 +128,9 @@ class MetricAccumulator:
         world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
         sums, maxes = all_reduce_stats(self.sums, self.maxes, device)
         tokens = max(sums["train/loss_tokens"], 1.0)
-        out = {"train/loss_tokens": sums["train/loss_tokens"], "train/loss": sums["train/loss"] / world,
-               "train/ratio_max": maxes["train/ratio_max"], "train/ratio_min": -maxes["neg/train/ratio_min"]}
+        out = {"train/loss_tokens": sums["train/loss_tokens"], "train/loss": sums["train/loss"] / world}
+        if maxes["train/ratio_max"] > -1e30:
+            out.update({"train/ratio_max": maxes["train/ratio_max"], "train/ratio_min": -maxes["neg/train/ratio_min"]})
         for name in _MEAN.values():
             if name in sums:
                 out[name] = sums[name] / tokens

@@ -1,4 +1,4 @@
-"""C3POModule's non-finite guard in real Lightning fits: a NaN step is skipped (parameters and AdamW state
+"""RLModule's non-finite guard in real Lightning fits: a NaN step is skipped (parameters and AdamW state
 unchanged, no engine re-sync, counted and logged) and training continues; NaN steps in a row abort."""
 
 import lightning as L
@@ -7,10 +7,11 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from unit.rl_fixtures import ParityReward, Record, checksum, recording_engine
 
-import ring_lightning.modules.c3po as c3po
+import ring_lightning.rl.objectives.c3po as c3po  # the objective calls policy_loss
 from ring_lightning.data.rollouts.stream import PromptSource
 from ring_lightning.data.rollouts.datamodule import RolloutDataModule
-from ring_lightning.modules.c3po import C3POModule
+from ring_lightning.modules.rl import RLModule
+from ring_lightning.rl.objectives import C3PO
 from ring_lightning.modules.nonfinite import NonFiniteError
 
 
@@ -52,7 +53,7 @@ def test_a_nan_step_is_skipped_counted_and_training_continues(monkeypatch):
 
     monkeypatch.setattr(c3po, "policy_loss", nan_at_step_2)
     engine, rec, state = recording_engine(), Record(), OptimizerState()
-    module = C3POModule(model="bailing-tiny", token_budget=64, lr=1e-3, parity=False)
+    module = RLModule(model="bailing-tiny", lr=1e-3, parity=False, objective=C3PO(token_budget=64))
     fit(module, make_dm(engine), steps=3, callbacks=[rec, state])
     assert calls  # the patched loss ran
     skipped = [m["train/nonfinite_skipped"] for m in rec.metrics]
@@ -84,8 +85,8 @@ class NaNGradients(Callback):
 
 def test_nan_steps_in_a_row_abort_with_a_clear_error():
     rec = Record()
-    module = C3POModule(model="bailing-tiny", token_budget=64, lr=1e-3, parity=False, max_nonfinite_steps=3)
-    message = (r"C3POModule: 3 optimizer steps in a row had a non-finite loss or gradient norm "
+    module = RLModule(model="bailing-tiny", lr=1e-3, parity=False, max_nonfinite_steps=3, objective=C3PO(token_budget=64))
+    message = (r"RLModule: 3 optimizer steps in a row had a non-finite loss or gradient norm "
                r"\(last at global step 2: loss=-?[0-9.e-]+, grad_norm=nan\)")
     with pytest.raises(NonFiniteError, match=message):
         fit(module, make_dm(recording_engine()), steps=5, callbacks=[NaNGradients(), rec])

@@ -1,0 +1,86 @@
+"""C3PO (Ring-lite, arXiv 2506.14731, §3.2, Eq. 4–6): exactly Φ response tokens per optimizer step.
+
+Responses are taken greedily in fill order until Φ tokens; the one crossing Φ is truncated at token
+level after its group advantage was computed; the summed token loss is divided by the constant Φ.
+Per token: the PPO clip (ε = 0.2), β·k3 KL to the reference (1e-3) and an entropy bonus (5e-4).
+Ours: Φ is global and split evenly over data-parallel ranks (each rank fills Φ/W from its own
+prompts); fill order, carry-over of unused responses and TIS / IcePop are knobs (`rl/budget.py`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ring_lightning.rl.batch import MicroBatch
+from ring_lightning.rl.budget import BudgetPlan, FillOrder, Overflow, select_budget
+from ring_lightning.rl.losses import policy_loss
+from ring_lightning.rl.objectives.grpo import check_loss_knobs
+
+
+@dataclass
+class C3PO:
+    """Constant-budget policy optimisation: Φ loss tokens per step, Σ ℓ / Φ.
+
+    Args:
+        token_budget: Φ, loss tokens per optimizer step over all ranks; divisible by the ranks.
+        fill_order: budget fill order: "batch" (rollout order), "random" or "shortest_first".
+        overflow: whole responses past the budget: "drop" or "carry" into the next step.
+        max_carry_age: with overflow="carry", the oldest (in steps) a carried response may be.
+        clip_eps_low: lower PPO clip ε (ratios below 1 − ε are clipped for A < 0).
+        clip_eps_high: upper PPO clip ε (DAPO clip-higher when > clip_eps_low).
+        kl_coef: β of the k3 KL penalty to the frozen reference; 0 = no reference model.
+        entropy_coef: entropy bonus coefficient.
+        tis_cap: truncated importance sampling cap C on π_old/π_engine (None = off).
+        icepop_range: IcePop (low, high) bounds on π_old/π_engine; tokens outside are masked.
+    """
+
+    token_budget: int = 409_600
+    fill_order: FillOrder = "batch"
+    overflow: Overflow = "drop"
+    max_carry_age: int = 1
+    clip_eps_low: float = 0.2
+    clip_eps_high: float = 0.2
+    kl_coef: float = 1e-3
+    entropy_coef: float = 5e-4
+    tis_cap: float | None = None
+    icepop_range: tuple[float, float] | None = None
+
+    def __post_init__(self) -> None:
+        if self.token_budget < 1:
+            raise ValueError(f"C3PO: token_budget (Φ) must be >= 1, got {self.token_budget}")
+        if self.fill_order not in ("batch", "random", "shortest_first"):
+            raise ValueError(f"C3PO: fill_order must be 'batch', 'random' or 'shortest_first', got {self.fill_order!r}")
+        if self.overflow not in ("drop", "carry"):
+            raise ValueError(f"C3PO: overflow must be 'drop' or 'carry', got {self.overflow!r}")
+        if self.max_carry_age < 1:
+            raise ValueError(f"C3PO: max_carry_age must be >= 1, got {self.max_carry_age}")
+        check_loss_knobs(self)
+
+    @property
+    def carry_age(self) -> int:
+        return self.max_carry_age if self.overflow == "carry" else 0
+
+    def check(self, world_size: int) -> None:
+        if self.token_budget % world_size:
+            raise ValueError(f"token_budget={self.token_budget} must be divisible by the {world_size} "
+                             "data-parallel ranks (each rank trains on exactly Φ/W tokens)")
+
+    def select(self, lengths: Sequence[int], eligible: Sequence[bool], *, n_carried: int, world_size: int,
+               seed: int) -> BudgetPlan | None:
+        return select_budget(lengths, self.token_budget // world_size, order=self.fill_order, seed=seed,
+                             overflow=self.overflow, eligible=eligible, n_carried_in=n_carried)
+
+    def finalize(self, plan: BudgetPlan, sum_over_ranks: Callable[[float], float], world_size: int) -> BudgetPlan:
+        return plan  # Σ/(Φ/W) per rank: the strategy's gradient mean over W ranks makes it Σ/Φ
+
+    def loss(self, logprobs: torch.Tensor, mb: MicroBatch, *, old_logprobs: torch.Tensor | None,
+             ref_logprobs: torch.Tensor | None, entropy: torch.Tensor | None
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return policy_loss(logprobs, old_logprobs, mb.advantages, mb.loss_mask, mb.normalizer,
+                           loss_agg="token_sum_over_constant", clip_eps_low=self.clip_eps_low,
+                           clip_eps_high=self.clip_eps_high, ref_logprobs=ref_logprobs, kl_coef=self.kl_coef,
+                           entropy=entropy, entropy_coef=self.entropy_coef, engine_logprobs=mb.engine_logprobs,
+                           tis_cap=self.tis_cap, icepop_range=self.icepop_range)
