@@ -153,6 +153,63 @@ def _left_pad(seqs: Sequence[Sequence[int]], pad_id: int, device: torch.device) 
 
 
 @torch.no_grad()
+def _check_args(tokenizer: Any, temperature: float, world_size: int, all_reduce_sum) -> tuple[int, int]:
+    """(eos id, pad id) after the argument checks of `measure_policy_entropy`."""
+    if temperature <= 0:
+        raise ValueError(f"EntropyMonitor: temperature must be > 0 to define a sampling entropy, got {temperature}")
+    if world_size > 1 and all_reduce_sum is None:
+        raise ValueError("measure_policy_entropy: world_size > 1 needs all_reduce_sum")
+    eos_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
+    if eos_id is None:
+        raise ValueError("EntropyMonitor: the tokenizer has no eos_token_id")
+    return eos_id, (eos_id if pad_id is None else pad_id)
+
+
+def _generate_kwargs(policy: torch.nn.Module, temperature: float, max_new_tokens: int, pad_id: int, eos_id: int,
+                     world_size: int) -> dict[str, Any]:
+    """Pure sampling at `temperature` (no top-k / top-p), synced over ranks when distributed."""
+    kwargs: dict[str, Any] = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
+                                  max_new_tokens=max_new_tokens, pad_token_id=pad_id, eos_token_id=eos_id,
+                                  synced_gpus=world_size > 1 and dist.is_available() and dist.is_initialized())
+    if getattr(policy.config, "output_router_logits", False):
+        kwargs["output_router_logits"] = False  # MoE aux loss is not defined for cached decoding
+    return kwargs
+
+
+def _score_batch(gen: torch.Tensor, recorder: "_EntropyRecorder", batch: list[tuple[int, int]],
+                 rows: Sequence[PromptRow], tokenizer: Any, eos_id: int, reward, sums: torch.Tensor
+                 ) -> list[SampleRecord]:
+    """Entropy, lengths and rewards of one generated batch `gen` [B, G], added into `sums`; its records."""
+    out: list[SampleRecord] = []
+    if len(recorder.steps) != gen.shape[1]:
+        raise RuntimeError(f"EntropyMonitor: generate produced {gen.shape[1]} tokens but the logits "
+                           f"processor saw {len(recorder.steps)} steps; unsupported generate mode")
+    ent = torch.stack(recorder.steps, dim=1).cpu().double() if recorder.steps else torch.zeros(gen.shape)
+    valid = response_mask(gen, eos_id)  # [B, G]
+    lengths = valid.sum(dim=1)  # [B]
+    ended = ((gen == eos_id) & valid).any(dim=1)  # [B]
+    per_sample = (ent * valid).sum(dim=1)  # [B]
+    sums[0] += per_sample.sum()
+    sums[1] += lengths.sum()
+    sums[2] += len(batch)
+    sums[3] += (~ended).sum()
+    texts = [tokenizer.decode(g[v].tolist(), skip_special_tokens=True) for g, v in zip(gen, valid)]
+    scores: list[float | None] = [None] * len(batch)
+    if reward is not None:
+        results = reward([rows[i] for i, _ in batch], texts)
+        if len(results) != len(batch):
+            raise ValueError(f"EntropyMonitor: reward {type(reward).__name__} returned {len(results)} "
+                             f"results for {len(batch)} responses")
+        sums[4] += sum(float(r.reward) for r in results if r.valid)
+        sums[5] += sum(1 for r in results if r.valid)
+        sums[6] += sum(1 for r in results if not r.valid)
+        scores = [float(r.reward) if r.valid else None for r in results]
+    for j, (i, k) in enumerate(batch):
+        out.append(SampleRecord(rows[i].id, k, tuple(gen[j][valid[j]].tolist()), texts[j],
+                                float(per_sample[j]), scores[j]))
+    return out
+
+
 def measure_policy_entropy(
     policy: torch.nn.Module,
     tokenizer: Any,
@@ -174,24 +231,13 @@ def measure_policy_entropy(
     Must be called on every rank with the same arguments; `all_reduce_sum` sums a tensor over ranks
     (required when `world_size > 1`). Returns the same measurement on every rank.
     """
-    if temperature <= 0:
-        raise ValueError(f"EntropyMonitor: temperature must be > 0 to define a sampling entropy, got {temperature}")
-    if world_size > 1 and all_reduce_sum is None:
-        raise ValueError("measure_policy_entropy: world_size > 1 needs all_reduce_sum")
-    eos_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
-    if eos_id is None:
-        raise ValueError("EntropyMonitor: the tokenizer has no eos_token_id")
-    pad_id = eos_id if pad_id is None else pad_id
+    eos_id, pad_id = _check_args(tokenizer, temperature, world_size, all_reduce_sum)
     device = next(policy.parameters()).device
     prompt_ids = _encode_prompts(tokenizer, rows, chat_template_kwargs or {})
     items = [(i, k) for i in range(len(rows)) for k in range(num_samples)]  # (row index, sample index)
     batches = [items[s:s + batch_size] for s in range(0, len(items), batch_size)]
     n_rounds = math.ceil(len(batches) / world_size)
-    gen_kwargs: dict[str, Any] = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
-                                      max_new_tokens=max_new_tokens, pad_token_id=pad_id, eos_token_id=eos_id,
-                                      synced_gpus=world_size > 1 and dist.is_available() and dist.is_initialized())
-    if getattr(policy.config, "output_router_logits", False):
-        gen_kwargs["output_router_logits"] = False  # MoE aux loss is not defined for cached decoding
+    gen_kwargs = _generate_kwargs(policy, temperature, max_new_tokens, pad_id, eos_id, world_size)
     # sums: entropy, tokens, samples, truncated, reward sum, valid rewards, invalid rewards
     sums = torch.zeros(7, dtype=torch.float64)
     records: list[SampleRecord] = []
@@ -211,33 +257,8 @@ def measure_policy_entropy(
                 out = policy.generate(input_ids=ids, attention_mask=mask, logits_processor=[recorder], **gen_kwargs)
                 if not real:
                     continue
-                gen = out[:, ids.shape[1]:].cpu()  # [B, G]
-                if len(recorder.steps) != gen.shape[1]:
-                    raise RuntimeError(f"EntropyMonitor: generate produced {gen.shape[1]} tokens but the logits "
-                                       f"processor saw {len(recorder.steps)} steps; unsupported generate mode")
-                ent = torch.stack(recorder.steps, dim=1).cpu().double() if recorder.steps else torch.zeros(gen.shape)
-                valid = response_mask(gen, eos_id)  # [B, G]
-                lengths = valid.sum(dim=1)  # [B]
-                ended = ((gen == eos_id) & valid).any(dim=1)  # [B]
-                per_sample = (ent * valid).sum(dim=1)  # [B]
-                sums[0] += per_sample.sum()
-                sums[1] += lengths.sum()
-                sums[2] += len(batch)
-                sums[3] += (~ended).sum()
-                texts = [tokenizer.decode(g[v].tolist(), skip_special_tokens=True) for g, v in zip(gen, valid)]
-                scores: list[float | None] = [None] * len(batch)
-                if reward is not None:
-                    results = reward([rows[i] for i, _ in batch], texts)
-                    if len(results) != len(batch):
-                        raise ValueError(f"EntropyMonitor: reward {type(reward).__name__} returned {len(results)} "
-                                         f"results for {len(batch)} responses")
-                    sums[4] += sum(float(r.reward) for r in results if r.valid)
-                    sums[5] += sum(1 for r in results if r.valid)
-                    sums[6] += sum(1 for r in results if not r.valid)
-                    scores = [float(r.reward) if r.valid else None for r in results]
-                for j, (i, k) in enumerate(batch):
-                    records.append(SampleRecord(rows[i].id, k, tuple(gen[j][valid[j]].tolist()), texts[j],
-                                                float(per_sample[j]), scores[j]))
+                records += _score_batch(out[:, ids.shape[1]:].cpu(), recorder, batch, rows, tokenizer, eos_id,
+                                        reward, sums)
     finally:
         policy.generation_config = saved_config
         policy.train(was_training)
