@@ -64,6 +64,8 @@ class RolloutDataModule(L.LightningDataModule):
         max_refill_rounds: extra rounds allowed per step before it is an error.
         max_staleness: 0 = strictly on-policy; k >= 1 = sample up to k steps ahead in a
             background thread (see module docstring).
+        min_used_token_fraction: warn (once) when a step trains on less than this fraction of the
+            tokens it sampled (`budget/used_token_fraction`): the budget discards most of the rollout.
         seed: seed of the prompt stream and the sampling (also the held-out sampling seed).
         val_sources: name -> `PromptSource` of the held-out validation set (same schema as
             `sources`); None = no validation. Evaluated every `trainer.val_check_interval` steps during
@@ -96,6 +98,7 @@ class RolloutDataModule(L.LightningDataModule):
         refill_prompts: int | None = None,
         max_refill_rounds: int = 4,
         max_staleness: int = 0,
+        min_used_token_fraction: float = 0.5,
         seed: int = 0,
         val_sources: dict[str, PromptSource] | None = None,
         test_sources: dict[str, PromptSource] | None = None,
@@ -125,7 +128,7 @@ class RolloutDataModule(L.LightningDataModule):
             prompts_per_step=prompts_per_step, samples_per_prompt=samples_per_prompt,
             refill_prompts=self.refill_prompts, max_refill_rounds=max_refill_rounds, max_staleness=max_staleness,
             max_prompt_tokens=max_prompt_tokens, seed=seed, advantage_scale=advantage_scale,
-            advantage_baseline=advantage_baseline,
+            advantage_baseline=advantage_baseline, min_used_token_fraction=min_used_token_fraction,
             sampling=SamplingConfig(temperature=temperature, top_p=top_p, max_tokens=max_response_tokens))
         self.stream: PromptStream | None = None
         self._pending_state: dict[str, Any] | None = None

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 
 from ring_lightning.data.rollouts import stats
 from ring_lightning.data.rollouts.ahead import AheadSampler
@@ -44,6 +45,7 @@ class SamplerKnobs:
     sampling: SamplingConfig
     advantage_scale: Literal["std", "none"] = "std"
     advantage_baseline: Literal["mean", "leave_one_out"] = "mean"
+    min_used_token_fraction: float = 0.5
 
 
 @dataclass
@@ -54,6 +56,7 @@ class SamplerState:
     groups: int = 0
     carried: tuple[Response, ...] = ()
     tokens: dict[tuple[str, str], torch.Tensor] = field(default_factory=dict)  # prompt-token cache
+    warned_low_use: bool = False
 
 
 class RolloutSampler:
@@ -140,10 +143,11 @@ class RolloutSampler:
     def next_rollout(self) -> RolloutBatch:
         """Sample, score and plan one optimizer step's data for this rank (collective)."""
         sums, maxes = stats.empty_stats()
+        n_carried_in = len(self.state.carried)
         responses, plan, sampled = self._plan_step(sums, maxes)
         plan = self.objective.finalize(plan, lambda x: stats.all_reduce_sum_float(x, self.device), self.world_size)
         self.state.carried = self._carry([responses[i] for i in plan.carried])
-        stats.count_plan(sums, plan, [r.length for r in responses], len(self.state.carried))
+        stats.count_plan(sums, plan, responses, n_carried_in, len(self.state.carried))
         step_plan = split_plan(plan, 1, [r.prompt_ids.numel() for r in responses], self.micro_batch_tokens)
         batch = build_rank_batch(responses, step_plan, 0, pad_id=self.pad_id)
         n_micro = stats.all_reduce_max_int(len(batch.micro_batches), self.device)
@@ -154,8 +158,17 @@ class RolloutSampler:
         sums, maxes = stats.all_reduce_stats(sums, maxes, self.device)
         metrics = stats.finalize(sums, maxes)
         metrics["rollout/weight_version"] = float(min(s.version for s in sampled))
+        self._warn_low_use(metrics["budget/used_token_fraction"])
         return replace(batch, micro_batches=batch.micro_batches + pad, rank=self.rank, world_size=self.world_size,
                        budget=int(sums["loss_tokens"]), metrics=metrics)
+
+    def _warn_low_use(self, used: float) -> None:
+        floor = self.knobs.min_used_token_fraction
+        if used < floor and not self.state.warned_low_use:
+            self.state.warned_low_use = True
+            rank_zero_warn(f"this RL step trained on {used:.1%} of the tokens it sampled (< min_used_token_fraction="
+                           f"{floor}): most of the rollout is budgeted away. Raise the objective's token_budget, "
+                           "or lower the data module's prompts_per_step / samples_per_prompt / max_response_tokens")
 
     def _plan_step(self, sums: dict[str, float], maxes: dict[str, float]
                    ) -> tuple[list[Response], BudgetPlan, list[Sampled]]:

@@ -13,6 +13,8 @@ sums into the slash-namespaced metrics logged every step (DESIGN.md rule 9):
 * ``rollout/response_length_mean|max``, ``rollout/length_clipped_frac`` (finish_reason "length"),
   ``rollout/generated_tokens``, ``rollout/prompts``, ``rollout/responses``,
   ``rollout/zero_advantage_group_frac``, ``rollout/refill_rounds``, ``rollout/staleness_max``;
+* ``budget/used_token_fraction`` (loss tokens / tokens sampled this step), ``budget/prompts_covered``
+  (fraction of this step's prompts with >= 1 trained token);
 * ``budget/responses_used|truncated|dropped|carried|excluded`` and ``budget/loss_tokens``: used =
   responses with tokens in the loss (truncated ones included), dropped = eligible whole responses left
   out (past the budget, or too old to carry), excluded = invalid or empty;
@@ -32,7 +34,7 @@ from ring_lightning.rl.budget import BudgetPlan
 
 SUM_KEYS = ("prompts", "responses", "gen_tokens", "len_sum", "len_clipped", "invalid", "reward_sum",
             "groups", "zero_adv_groups", "errors", "used", "truncated", "dropped", "carried", "excluded",
-            "loss_tokens") + tuple(f"{d}/{k}" for d in DOMAINS for k in ("count", "reward", "correct"))
+            "loss_tokens", "prompts_covered") + tuple(f"{d}/{k}" for d in DOMAINS for k in ("count", "reward", "correct"))
 MAX_KEYS = ("len_max", "staleness_max", "refill_rounds", "time_rollout", "time_reward")
 
 
@@ -67,9 +69,13 @@ def count_responses(sums: dict[str, float], maxes: dict[str, float], responses: 
     sums["zero_adv_groups"] += sum(all(x.advantage == 0.0 for x in g) for g in groups.values())
 
 
-def count_plan(sums: dict[str, float], plan: BudgetPlan, lengths: Sequence[int], n_carried_out: int) -> None:
-    """Add a budget plan's selection counts (`n_carried_out`: responses actually kept for next step)."""
+def count_plan(sums: dict[str, float], plan: BudgetPlan, responses: Sequence[Response], n_carried_in: int,
+               n_carried_out: int) -> None:
+    """Add a budget plan's selection counts (`responses[:n_carried_in]` came from the last step;
+    `n_carried_out`: responses actually kept for the next step)."""
+    lengths = [r.length for r in responses]
     used = {p.index for p in plan.pieces}
+    sums["prompts_covered"] += len({responses[i].group_id for i in used if i >= n_carried_in})
     sums["used"] += len(used)
     sums["truncated"] += sum(1 for p in plan.pieces if p.end < lengths[p.index])
     # whole responses left out of the loss (the truncated one's tail is not counted here)
@@ -134,6 +140,8 @@ def finalize(sums: Mapping[str, float], maxes: Mapping[str, float]) -> dict[str,
         "budget/responses_carried": sums["carried"],
         "budget/responses_excluded": sums["excluded"],
         "budget/loss_tokens": sums["loss_tokens"],
+        "budget/used_token_fraction": sums["loss_tokens"] / max(sums["gen_tokens"], 1.0),
+        "budget/prompts_covered": sums["prompts_covered"] / max(sums["prompts"], 1.0),
         "time/rollout": maxes["time_rollout"],
         "time/reward": maxes["time_reward"],
     }

@@ -4,6 +4,7 @@ reward (the engine seam is a protocol; the real vLLM engine and router run in th
 import ast
 import operator
 import time
+import warnings
 from collections import Counter
 
 import pytest
@@ -143,6 +144,21 @@ def test_carry_over_puts_unused_responses_first_with_trainer_old_logprobs():
     assert bool(row0.old_known[b]) and torch.all(row0.old_logprobs[b][row0.loss_mask[b]] == -2.0)
     # carried responses are at most max_carry_age old: the ones not used at step 2 are dropped
     assert all(r.age == 1 for r in dm.sampler_state.carried)
+
+
+def test_used_token_fraction_and_prompts_covered_are_logged_and_a_low_fraction_warns_once():
+    dm = make_dm(phi=20, min_used_token_fraction=0.5)
+    with pytest.warns(UserWarning, match=r"trained on .* min_used_token_fraction=0.5\): .*token_budget"):
+        batch = dm.next_rollout()
+    m = batch.metrics
+    groups = {batch.responses[i].group_id for mb in batch.micro_batches for i in mb.sample_index.tolist() if i >= 0}
+    assert m["budget/used_token_fraction"] == pytest.approx(20 / m["rollout/generated_tokens"])
+    assert m["budget/prompts_covered"] == pytest.approx(len(groups) / 4) and 0 < len(groups) < 4
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per run, not every step
+        assert dm.next_rollout().metrics["budget/used_token_fraction"] < 0.5
+    full = make_dm(mode="grpo").next_rollout().metrics
+    assert full["budget/used_token_fraction"] == 1.0 and full["budget/prompts_covered"] == 1.0
 
 
 def test_a_stage_switch_drops_the_carried_responses_of_the_old_stage():
