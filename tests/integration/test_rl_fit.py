@@ -71,7 +71,7 @@ def test_rl_configs_parse(config, capsys, monkeypatch):
     assert "ring_lightning.modules.rl.RLModule" in out
     assert "ring_lightning.data.rollouts.RolloutDataModule" in out and "ring_lightning.rollout." in out
     if "ring_lite_2507" in config:
-        for line in ("token_budget: 409600", "prompts_per_step: 512", "samples_per_prompt: 16",
+        for line in ("token_budget: 104857600", "budget_scope: global", "prompts_per_step: 512", "samples_per_prompt: 16",
                      "lr: 3.0e-06", "max_response_tokens: 24576", "ModelParallelStrategy",
                      "val_check_interval: 50", "eval_samples_per_prompt: 8", "heldout_math.jsonl",
                      "ring_lightning.rollout.vllm_engine.VLLMEngine"):

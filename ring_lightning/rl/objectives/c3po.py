@@ -3,14 +3,21 @@
 Responses are taken greedily in fill order until Φ tokens; the one crossing Φ is truncated at token
 level after its group advantage was computed; the summed token loss is divided by the constant Φ.
 Per token: the PPO clip (ε = 0.2), β·k3 KL to the reference (1e-3) and an entropy bonus (5e-4).
-Ours: Φ is global and split evenly over data-parallel ranks (each rank fills Φ/W from its own
-prompts); fill order, carry-over of unused responses and TIS / IcePop are knobs (`rl/budget.py`).
+Ours: the budget's scope is a knob. "global" (default): Φ is the step's total, each of W ranks fills
+Φ/W from its own prompts. "per_rank": every rank fills Φ (the step trains Φ·W). Reading the report's
+numbers (Φ = 409,600 at L·K = 512 × 16 = 8,192 responses on 256 GPUs): 256 × 409,600 = 104.9M tokens
+= 8,192 responses × 12.8k, i.e. Φ is *per GPU* there and trims the long tail of ~12.8k-token
+responses. A global Φ of 409,600 on 8 ranks would train < 1% of the sampled tokens; the Ring-lite
+config therefore sets the global budget 104,857,600 (= 409,600 per GPU at 256 GPUs, 13.1M per rank
+at 8). Fill order ("random" spreads the budget over prompt groups), carry-over and TIS / IcePop
+are knobs (`rl/budget.py`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -25,7 +32,9 @@ class C3PO:
     """Constant-budget policy optimisation: Φ loss tokens per step, Σ ℓ / Φ.
 
     Args:
-        token_budget: Φ, loss tokens per optimizer step over all ranks; divisible by the ranks.
+        token_budget: Φ, loss tokens per optimizer step: over all ranks (budget_scope "global",
+            divisible by the ranks) or on each rank ("per_rank").
+        budget_scope: "global" (each rank trains Φ/W tokens) or "per_rank" (each rank trains Φ).
         fill_order: budget fill order: "batch" (rollout order), "random" or "shortest_first".
         overflow: whole responses past the budget: "drop" or "carry" into the next step.
         max_carry_age: with overflow="carry", the oldest (in steps) a carried response may be.
@@ -38,6 +47,7 @@ class C3PO:
     """
 
     token_budget: int = 409_600
+    budget_scope: Literal["global", "per_rank"] = "global"
     fill_order: FillOrder = "batch"
     overflow: Overflow = "drop"
     max_carry_age: int = 1
@@ -51,6 +61,8 @@ class C3PO:
     def __post_init__(self) -> None:
         if self.token_budget < 1:
             raise ValueError(f"C3PO: token_budget (Φ) must be >= 1, got {self.token_budget}")
+        if self.budget_scope not in ("global", "per_rank"):
+            raise ValueError(f"C3PO: budget_scope must be 'global' or 'per_rank', got {self.budget_scope!r}")
         if self.fill_order not in ("batch", "random", "shortest_first"):
             raise ValueError(f"C3PO: fill_order must be 'batch', 'random' or 'shortest_first', got {self.fill_order!r}")
         if self.overflow not in ("drop", "carry"):
@@ -63,18 +75,23 @@ class C3PO:
     def carry_age(self) -> int:
         return self.max_carry_age if self.overflow == "carry" else 0
 
+    def rank_budget(self, world_size: int) -> int:
+        """The loss tokens each rank trains per step."""
+        return self.token_budget if self.budget_scope == "per_rank" else self.token_budget // world_size
+
     def check(self, world_size: int) -> None:
-        if self.token_budget % world_size:
+        if self.budget_scope == "global" and self.token_budget % world_size:
             raise ValueError(f"token_budget={self.token_budget} must be divisible by the {world_size} "
-                             "data-parallel ranks (each rank trains on exactly Φ/W tokens)")
+                             "data-parallel ranks (each rank trains on exactly Φ/W tokens), or set "
+                             "budget_scope: per_rank")
 
     def select(self, lengths: Sequence[int], eligible: Sequence[bool], *, n_carried: int, world_size: int,
                seed: int) -> BudgetPlan | None:
-        return select_budget(lengths, self.token_budget // world_size, order=self.fill_order, seed=seed,
+        return select_budget(lengths, self.rank_budget(world_size), order=self.fill_order, seed=seed,
                              overflow=self.overflow, eligible=eligible, n_carried_in=n_carried)
 
     def finalize(self, plan: BudgetPlan, sum_over_ranks: Callable[[float], float], world_size: int) -> BudgetPlan:
-        return plan  # Σ/(Φ/W) per rank: the strategy's gradient mean over W ranks makes it Σ/Φ
+        return plan  # Σ/(rank budget) per rank: the gradient mean over W ranks makes it Σ/(W·rank budget)
 
     def loss(self, logprobs: torch.Tensor, mb: MicroBatch, *, old_logprobs: torch.Tensor | None,
              ref_logprobs: torch.Tensor | None, entropy: torch.Tensor | None

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -117,3 +118,60 @@ def test_a_custom_objective_by_class_path_runs_two_rl_steps(tmp_path):
     for r in steps:  # every sampled token is trained on: nothing is budgeted away
         assert r["train/loss_tokens"] == r["rollout/generated_tokens"] == r["train/budget"] > 0
         assert r["train/grad_norm"] > 0 and "train/ratio_max" not in r
+
+
+def test_per_rank_scope_trains_phi_on_every_rank_and_global_splits_it():
+    lengths = [30] * 8
+    per_rank = C3PO(token_budget=50, budget_scope="per_rank")
+    per_rank.check(3)  # no divisibility constraint: each rank fills Φ
+    assert per_rank.select(lengths, [True] * 8, n_carried=0, world_size=4, seed=0).n_tokens == 50
+    assert C3PO(token_budget=200).select(lengths, [True] * 8, n_carried=0, world_size=4, seed=0).n_tokens == 50
+    with pytest.raises(ValueError, match="budget_scope: per_rank"):
+        C3PO(token_budget=10).check(3)
+    with pytest.raises(ValueError, match="C3PO: budget_scope"):
+        C3PO(budget_scope="node")
+
+
+def _simulate_rank(objective, world, L=512, K=16, mean=6000.0, cap=24_576, refill=512, max_rounds=4, seed=0):
+    """One rank's step at the report's shape: its L/W prompts × K lognormal lengths (sigma 0.8), refill
+    rounds of `refill` global prompts while short (as RolloutSampler does); returns (plan, lengths, groups)."""
+    import math
+    import random
+
+    rng = random.Random(seed)
+    mu = math.log(mean) - 0.32  # lognormal mean = exp(mu + sigma²/2), sigma = 0.8
+    lengths, groups = [], []
+
+    def draw(n_prompts):
+        for _ in range(n_prompts // world):
+            g = len(set(groups))
+            for _ in range(K):
+                lengths.append(min(cap, max(1, int(rng.lognormvariate(mu, 0.8)))))
+                groups.append(g)
+
+    draw(L)
+    for _ in range(max_rounds + 1):
+        plan = objective.select(lengths, [True] * len(lengths), n_carried=0, world_size=world, seed=seed)
+        if not plan.need_more:
+            return plan, lengths, groups
+        draw(refill)
+    raise AssertionError("still short after the refill rounds")
+
+
+@pytest.mark.parametrize("world", [8, 256])
+@pytest.mark.parametrize("mean", [6000.0, 12000.0])
+def test_ring_lite_budget_at_the_report_shape_trains_most_prompts_and_tokens(world, mean):
+    """The Ring-lite config's objective (global Φ = 104,857,600 = 256 × 409,600, random fill) at
+    L=512, K=16 on 8 and 256 ranks: exactly Φ/W per rank, ≥ 90% of the prompts and ≥ 50% of the
+    sampled tokens trained. The old reading (global Φ = 409,600, batch order) trains < 1% on 8 ranks."""
+    cfg = yaml.safe_load((Path(__file__).parents[3] / "configs/ring_lite_2507/rl_reasoning.yaml").read_text())
+    knobs = cfg["model"]["init_args"]["objective"]["init_args"]
+    objective = C3PO(**{k: knobs[k] for k in ("token_budget", "budget_scope", "fill_order")})
+    plan, lengths, groups = _simulate_rank(objective, world, mean=mean)
+    assert plan.n_tokens == objective.token_budget // world
+    covered = {groups[p.index] for p in plan.pieces}
+    assert len(covered) / len(set(groups)) >= 0.9
+    assert plan.n_tokens / sum(lengths) >= 0.5
+    if world == 8:
+        old, old_lengths, _ = _simulate_rank(C3PO(token_budget=409_600, fill_order="batch"), world, mean=mean)
+        assert old.n_tokens / sum(old_lengths) < 0.01
