@@ -23,8 +23,7 @@ import torch
 
 from ring_lightning.rl.batch import MicroBatch
 from ring_lightning.rl.budget import BudgetPlan, FillOrder, Overflow, select_budget
-from ring_lightning.rl.losses import policy_loss
-from ring_lightning.rl.objectives.grpo import check_loss_knobs
+from ring_lightning.rl.objectives.grpo import check_loss_knobs, clipped_loss
 
 
 @dataclass
@@ -96,8 +95,4 @@ class C3PO:
     def loss(self, logprobs: torch.Tensor, mb: MicroBatch, *, old_logprobs: torch.Tensor | None,
              ref_logprobs: torch.Tensor | None, entropy: torch.Tensor | None
              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        return policy_loss(logprobs, old_logprobs, mb.advantages, mb.loss_mask, mb.normalizer,
-                           loss_agg="token_sum_over_constant", clip_eps_low=self.clip_eps_low,
-                           clip_eps_high=self.clip_eps_high, ref_logprobs=ref_logprobs, kl_coef=self.kl_coef,
-                           entropy=entropy, entropy_coef=self.entropy_coef, engine_logprobs=mb.engine_logprobs,
-                           tis_cap=self.tis_cap, icepop_range=self.icepop_range)
+        return clipped_loss(self, "token_sum_over_constant", logprobs, mb, old_logprobs, ref_logprobs, entropy)

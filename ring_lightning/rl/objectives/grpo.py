@@ -17,6 +17,7 @@ import torch
 from ring_lightning.rl.batch import MicroBatch
 from ring_lightning.rl.budget import BudgetPlan, select_all
 from ring_lightning.rl.losses import policy_loss
+from ring_lightning.rl.terms import LossAgg
 
 
 def check_loss_knobs(obj: Any) -> None:
@@ -33,6 +34,15 @@ def check_loss_knobs(obj: Any) -> None:
         low, high = obj.icepop_range = tuple(obj.icepop_range)
         if not 0 <= low <= 1 <= high:
             raise ValueError(f"{name}: icepop_range must satisfy 0 <= low <= 1 <= high, got {obj.icepop_range}")
+
+
+def clipped_loss(obj: Any, loss_agg: LossAgg, logprobs: torch.Tensor, mb: MicroBatch, old_logprobs, ref_logprobs,
+                 entropy) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """`policy_loss` of one micro-batch with the per-token knobs of a GRPO-family objective `obj`."""
+    return policy_loss(logprobs, old_logprobs, mb.advantages, mb.loss_mask, mb.normalizer, loss_agg=loss_agg,
+                       clip_eps_low=obj.clip_eps_low, clip_eps_high=obj.clip_eps_high, ref_logprobs=ref_logprobs,
+                       kl_coef=obj.kl_coef, entropy=entropy, entropy_coef=obj.entropy_coef,
+                       engine_logprobs=mb.engine_logprobs, tis_cap=obj.tis_cap, icepop_range=obj.icepop_range)
 
 
 @dataclass
@@ -74,8 +84,4 @@ class GRPO:
     def loss(self, logprobs: torch.Tensor, mb: MicroBatch, *, old_logprobs: torch.Tensor | None,
              ref_logprobs: torch.Tensor | None, entropy: torch.Tensor | None
              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        return policy_loss(logprobs, old_logprobs, mb.advantages, mb.loss_mask, mb.normalizer,
-                           loss_agg="seq_mean_token_mean", clip_eps_low=self.clip_eps_low,
-                           clip_eps_high=self.clip_eps_high, ref_logprobs=ref_logprobs, kl_coef=self.kl_coef,
-                           entropy=entropy, entropy_coef=self.entropy_coef, engine_logprobs=mb.engine_logprobs,
-                           tis_cap=self.tis_cap, icepop_range=self.icepop_range)
+        return clipped_loss(self, "seq_mean_token_mean", logprobs, mb, old_logprobs, ref_logprobs, entropy)

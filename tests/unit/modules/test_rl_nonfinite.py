@@ -7,7 +7,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from unit.rl_fixtures import ParityReward, Record, checksum, recording_engine
 
-import ring_lightning.rl.objectives.c3po as c3po  # the objective calls policy_loss
+import ring_lightning.rl.objectives.grpo as losses_at  # C3PO.loss -> clipped_loss -> policy_loss, looked up here
 from ring_lightning.data.rollouts.stream import PromptSource
 from ring_lightning.data.rollouts.datamodule import RolloutDataModule
 from ring_lightning.modules.rl import RLModule
@@ -43,7 +43,7 @@ class OptimizerState(Callback):
 
 
 def test_a_nan_step_is_skipped_counted_and_training_continues(monkeypatch):
-    real_loss, calls = c3po.policy_loss, []
+    real_loss, calls = losses_at.policy_loss, []
 
     def nan_at_step_2(*args, **kwargs):  # every micro-batch loss of optimizer step 2 is NaN
         loss, m = real_loss(*args, **kwargs)
@@ -51,7 +51,7 @@ def test_a_nan_step_is_skipped_counted_and_training_continues(monkeypatch):
         trainer_step = module.global_step
         return (loss * float("nan"), m) if trainer_step == 1 else (loss, m)
 
-    monkeypatch.setattr(c3po, "policy_loss", nan_at_step_2)
+    monkeypatch.setattr(losses_at, "policy_loss", nan_at_step_2)
     engine, rec, state = recording_engine(), Record(), OptimizerState()
     module = RLModule(model="bailing-tiny", lr=1e-3, parity=False, objective=C3PO(token_budget=64))
     fit(module, make_dm(engine), steps=3, callbacks=[rec, state])
