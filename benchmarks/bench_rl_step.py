@@ -221,7 +221,7 @@ def trl_prompt_rows(w: RLWorkload, model: str):
     from ring_lightning.data.rollouts.stream import PromptStream
 
     dm = build(w, "c3po", model).datamodule
-    stream = PromptStream({n: s.load(n) for n, s in dm.sources.items()}, dm.stages, dm.initial_stage, seed=dm.seed)
+    stream = PromptStream({n: s.load(n) for n, s in dm.sources.items()}, dm.stages, dm.initial_stage, seed=dm.knobs.seed)
     return stream.draw(w.prompts * w.steps), dm.reward
 
 

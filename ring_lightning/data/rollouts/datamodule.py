@@ -25,7 +25,6 @@ import torch
 from torch.utils.data import DataLoader
 
 from ring_lightning.data.rollouts.stream import PromptSource, PromptStream
-from ring_lightning.data.rollouts.ahead import AheadSampler
 from ring_lightning.data.rollouts.engine_slot import EngineFactory, EngineSlot
 from ring_lightning.data.rollouts.heldout import EvalSpec, HeldOutSets, validate_rows
 from ring_lightning.data.rollouts.spec import RequestStream, RolloutRequest
@@ -121,12 +120,10 @@ class RolloutDataModule(L.LightningDataModule):
         self.slot = EngineSlot(engine)
         self.reward = reward
         self.stage_rewards = dict(stage_rewards or {})
-        self.prompts_per_step, self.samples_per_prompt = prompts_per_step, samples_per_prompt
-        self.refill_prompts = refill_prompts or prompts_per_step
-        self.max_staleness, self.seed = max_staleness, seed
-        self.knobs = SamplerKnobs(
+        self.knobs = SamplerKnobs(  # every sampling knob lives here (RolloutSampler reads them)
             prompts_per_step=prompts_per_step, samples_per_prompt=samples_per_prompt,
-            refill_prompts=self.refill_prompts, max_refill_rounds=max_refill_rounds, max_staleness=max_staleness,
+            refill_prompts=refill_prompts or prompts_per_step, max_refill_rounds=max_refill_rounds,
+            max_staleness=max_staleness,
             max_prompt_tokens=max_prompt_tokens, seed=seed, advantage_scale=advantage_scale,
             advantage_baseline=advantage_baseline, min_used_token_fraction=min_used_token_fraction,
             sampling=SamplingConfig(temperature=temperature, top_p=top_p, max_tokens=max_response_tokens))
@@ -159,7 +156,7 @@ class RolloutDataModule(L.LightningDataModule):
         unknown = sorted(set(self.stage_rewards) - set(self.stages))
         if unknown:
             raise ValueError(f"stage_rewards names unknown stages {unknown}; stages: {sorted(self.stages)}")
-        self.stream = PromptStream(rows, self.stages, self.initial_stage, seed=self.seed)
+        self.stream = PromptStream(rows, self.stages, self.initial_stage, seed=self.knobs.seed)
         train = [r for rs in rows.values() for r in rs]
         for split in ("val", "test"):
             if shared := self.heldout.overlap(split, train):
@@ -192,7 +189,7 @@ class RolloutDataModule(L.LightningDataModule):
 
     def eval_reward(self) -> Reward | None:
         """The reward that scores held-out samples: the current stage's (as in training)."""
-        return self.stage_rewards.get(self.stage, self.reward)
+        return self._stage_reward(self.stage)
 
     def set_stage(self, name: str) -> None:
         """Switch the prompt mixture and reward (e.g. from a stage-transition callback)."""
@@ -256,9 +253,10 @@ class RolloutDataModule(L.LightningDataModule):
                 called on every rank, possibly with an empty list).
             device: device of the collective tensors (the policy's device).
         """
-        if self.prompts_per_step % world_size or self.refill_prompts % world_size:
-            raise ValueError(f"prompts_per_step={self.prompts_per_step} and refill_prompts="
-                             f"{self.refill_prompts} must be divisible by the {world_size} data-parallel ranks")
+        k = self.knobs
+        if k.prompts_per_step % world_size or k.refill_prompts % world_size:
+            raise ValueError(f"prompts_per_step={k.prompts_per_step} and refill_prompts="
+                             f"{k.refill_prompts} must be divisible by the {world_size} data-parallel ranks")
         objective.check(world_size)
         if self.reward is None and not self.stage_rewards:
             raise ValueError("RolloutDataModule needs a `reward` (e.g. ring_lightning.rewards.router.RewardRouter)")
@@ -271,9 +269,9 @@ class RolloutDataModule(L.LightningDataModule):
                                       state=self.sampler_state, lock=self._lock)
         if self.slot.build(policy, tokenizer):
             weights = None  # an engine built from `policy` already holds its weights
-        if self.max_staleness and getattr(self.slot.engine, "shares_trainer_model", False):
+        if k.max_staleness and getattr(self.slot.engine, "shares_trainer_model", False):
             raise ValueError(
-                f"max_staleness={self.max_staleness} samples in a background thread while the trainer updates its "
+                f"max_staleness={k.max_staleness} samples in a background thread while the trainer updates its "
                 f"weights, but {type(self.slot.engine).__name__} generates with the trainer's own model; give it a "
                 "private copy (HFEngine init_args: copy_model: true), use VLLMEngine, or set max_staleness: 0")
         if weights is not None:

@@ -50,8 +50,9 @@ class SamplerKnobs:
 
 @dataclass
 class SamplerState:
-    """What outlives one step and is checkpointed by the data module: groups drawn so far (the
-    group id of the next prompt) and the responses carried into the next step."""
+    """What outlives one step. Checkpointed by the data module: groups drawn so far (the group id of
+    the next prompt) and the responses carried into the next step. Not checkpointed: the prompt-token
+    cache and whether the low-use warning was given."""
 
     groups: int = 0
     carried: tuple[Response, ...] = ()

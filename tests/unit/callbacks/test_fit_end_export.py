@@ -15,7 +15,7 @@ from ring_lightning.data.rollouts.datamodule import RolloutDataModule
 from ring_lightning.models.loading import load_policy
 from ring_lightning.modules.rl import RLModule
 from ring_lightning.rl.objectives import C3PO
-from unit.rl_fixtures import FakeEngine, alternating_reward, write_sft_export
+from unit.rl_fixtures import FakeEngine, alternating_reward
 
 
 class Crash(Callback):
