@@ -87,12 +87,12 @@ def torch_threads(n: int | None):
     import torch
 
     before = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
+    if n is not None:  # torch._C's: vLLM's CPU worker replaces torch.set_num_threads by a no-op
+        torch._C.set_num_threads(n)
     try:
         yield
     finally:
-        torch.set_num_threads(before)
+        torch._C.set_num_threads(before)
 
 
 @dataclass

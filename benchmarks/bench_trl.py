@@ -95,34 +95,16 @@ def _dataset(rows: Sequence[PromptRow]):
     return Dataset.from_list([{"prompt": [dict(m) for m in r.messages], "row_id": r.id} for r in rows])
 
 
-def run_trl(model_dir: str, rows: Sequence[PromptRow], router, *, samples: int, max_tokens: int,
-            temperature: float, steps: int, lr: float, warmup_steps: int, kl_coef: float, entropy_coef: float,
-            router_aux_loss_coef: float, clip_eps: float, grad_clip: float, micro_batch_tokens: int,
-            seed: int = 0) -> list[dict[str, float]]:
-    """Train `steps` GRPOTrainer steps of len(rows) // steps prompts x `samples`; one dict per step with
-    the keys of ring_lightning's step metrics (`time/rollout`, `time/reward`, `time/train`, `time/sync`,
-    `time/step`, `rollout/generated_tokens`, `train/loss_tokens`, `reward/mean`)."""
-    from transformers import AutoConfig, TrainerCallback
-    from trl import GRPOConfig, GRPOTrainer
+def _grpo_config(output_dir: str, *, per_device: int, accumulation: int, samples: int, max_tokens: int,
+                 temperature: float, kl_coef: float, entropy_coef: float, router_aux_loss_coef: float,
+                 clip_eps: float, steps: int, lr: float, warmup_steps: int, grad_clip: float, seed: int):
+    """TRL's GRPOConfig with the fair settings of the module docstring."""
+    from trl import GRPOConfig
 
-    import ring_lightning.models  # noqa: F401  (registers bailing_moe with the Auto classes)
-    from ring_lightning.models.loading import load_tokenizer
-    from ring_lightning.rollout.hf_engine import eos_token_ids
-
-    if len(rows) % steps:
-        raise ValueError(f"run_trl: {len(rows)} prompt rows do not split into {steps} steps")
-    prompts_per_step = len(rows) // steps
-    tokenizer = load_tokenizer(model_dir)
-    longest_prompt = max(len(tokenizer.apply_chat_template([dict(m) for m in r.messages], add_generation_prompt=True,
-                                                           tokenize=True, return_dict=False)) for r in rows)
-    total = prompts_per_step * samples
-    per_device = micro_batch_rows(total, longest_prompt + max_tokens, micro_batch_tokens)
-    reward = RouterRewardFunc(router, rows, tokenizer, eos_token_ids(tokenizer, AutoConfig.from_pretrained(model_dir)))
-    out_dir = tempfile.TemporaryDirectory(prefix="bench_trl_")
-    args = GRPOConfig(
-        output_dir=out_dir.name, use_cpu=not torch.cuda.is_available(), bf16=False, fp16=False,
+    return GRPOConfig(
+        output_dir=output_dir, use_cpu=not torch.cuda.is_available(), bf16=False, fp16=False,
         gradient_checkpointing=False, per_device_train_batch_size=per_device,
-        gradient_accumulation_steps=total // per_device, num_generations=samples,
+        gradient_accumulation_steps=accumulation, num_generations=samples,
         max_completion_length=max_tokens, temperature=temperature, top_p=1.0, top_k=0, beta=kl_coef,
         entropy_coef=entropy_coef, router_aux_loss_coef=router_aux_loss_coef, epsilon=clip_eps,
         loss_type="grpo", scale_rewards="group", num_iterations=1, max_steps=steps, learning_rate=lr,
@@ -131,21 +113,11 @@ def run_trl(model_dir: str, rows: Sequence[PromptRow], router, *, samples: int, 
         log_completions=False, shuffle_dataset=False, dataloader_num_workers=0, seed=seed,
         model_init_kwargs={"dtype": torch.float32},
     )
-    trainer = GRPOTrainer(model=model_dir, reward_funcs=reward, args=args, train_dataset=_dataset(rows),
-                          processing_class=tokenizer)
-    gen_seconds: list[float] = []
-    model = trainer.model
-    generate = model.generate
 
-    def timed_generate(*a, **k):
-        t0 = time.perf_counter()
-        try:
-            return generate(*a, **k)
-        finally:
-            gen_seconds.append(time.perf_counter() - t0)
 
-    model.generate = timed_generate
-    steps_out: list[dict[str, float]] = []
+def _step_timer(gen_seconds: list[float], reward: RouterRewardFunc, steps_out: list[dict[str, float]]):
+    """A TrainerCallback that appends one dict of ring_lightning's step metrics per optimizer step."""
+    from transformers import TrainerCallback
 
     class StepTimer(TrainerCallback):
         def on_step_begin(self, args, state, control, **kwargs):
@@ -167,7 +139,53 @@ def run_trl(model_dir: str, rows: Sequence[PromptRow], router, *, samples: int, 
                               "rollout/generated_tokens": tokens, "train/loss_tokens": tokens,
                               "reward/mean": sum(c["reward_sum"] for c in calls) / n})
 
-    trainer.add_callback(StepTimer())
+    return StepTimer()
+
+
+def run_trl(model_dir: str, rows: Sequence[PromptRow], router, *, samples: int, max_tokens: int,
+            temperature: float, steps: int, lr: float, warmup_steps: int, kl_coef: float, entropy_coef: float,
+            router_aux_loss_coef: float, clip_eps: float, grad_clip: float, micro_batch_tokens: int,
+            seed: int = 0) -> list[dict[str, float]]:
+    """Train `steps` GRPOTrainer steps of len(rows) // steps prompts x `samples`; one dict per step with
+    the keys of ring_lightning's step metrics (`time/rollout`, `time/reward`, `time/train`, `time/sync`,
+    `time/step`, `rollout/generated_tokens`, `train/loss_tokens`, `reward/mean`)."""
+    from transformers import AutoConfig
+    from trl import GRPOTrainer
+
+    import ring_lightning.models  # noqa: F401  (registers bailing_moe with the Auto classes)
+    from ring_lightning.models.loading import load_tokenizer
+    from ring_lightning.rollout.hf_engine import eos_token_ids
+
+    if len(rows) % steps:
+        raise ValueError(f"run_trl: {len(rows)} prompt rows do not split into {steps} steps")
+    prompts_per_step = len(rows) // steps
+    tokenizer = load_tokenizer(model_dir)
+    longest_prompt = max(len(tokenizer.apply_chat_template([dict(m) for m in r.messages], add_generation_prompt=True,
+                                                           tokenize=True, return_dict=False)) for r in rows)
+    total = prompts_per_step * samples
+    per_device = micro_batch_rows(total, longest_prompt + max_tokens, micro_batch_tokens)
+    reward = RouterRewardFunc(router, rows, tokenizer, eos_token_ids(tokenizer, AutoConfig.from_pretrained(model_dir)))
+    out_dir = tempfile.TemporaryDirectory(prefix="bench_trl_")
+    args = _grpo_config(out_dir.name, per_device=per_device, accumulation=total // per_device, samples=samples,
+                        max_tokens=max_tokens, temperature=temperature, kl_coef=kl_coef, entropy_coef=entropy_coef,
+                        router_aux_loss_coef=router_aux_loss_coef, clip_eps=clip_eps, steps=steps, lr=lr,
+                        warmup_steps=warmup_steps, grad_clip=grad_clip, seed=seed)
+    trainer = GRPOTrainer(model=model_dir, reward_funcs=reward, args=args, train_dataset=_dataset(rows),
+                          processing_class=tokenizer)
+    gen_seconds: list[float] = []
+    model = trainer.model
+    generate = model.generate
+
+    def timed_generate(*a, **k):
+        t0 = time.perf_counter()
+        try:
+            return generate(*a, **k)
+        finally:
+            gen_seconds.append(time.perf_counter() - t0)
+
+    model.generate = timed_generate
+    steps_out: list[dict[str, float]] = []
+    trainer.add_callback(_step_timer(gen_seconds, reward, steps_out))
     try:
         trainer.train()
     finally:

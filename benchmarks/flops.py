@@ -1,5 +1,6 @@
 """Parameter counts (total / active per token) and training FLOPs of MoE policies, and model FLOPs
-utilisation (MFU) — the CPU-independent part of `benchmarks/gpu_smoke.py`.
+utilisation (MFU) — the CPU-independent part of `benchmarks/gpu_check.py` — and the measured CPU matmul
+peak (`measure_matmul_peak`) that `benchmarks/run.py` reports CPU training FLOP/s against.
 
 Conventions (stated because MFU figures are only comparable under the same ones):
 
@@ -155,3 +156,29 @@ def mfu(flops: float, seconds: float, peak_tflops_per_device: float, devices: in
         raise ValueError(f"mfu needs seconds > 0, a positive peak and devices >= 1; got {seconds}, "
                          f"{peak_tflops_per_device}, {devices}")
     return flops / seconds / (peak_tflops_per_device * 1e12 * devices)
+
+
+def measure_matmul_peak(threads: int | None = None, n: int = 2048, reps: int = 3,
+                        dtype: torch.dtype = torch.float32) -> float:
+    """The machine's measured matmul FLOP/s on CPU: the best of `reps` timed `torch.matmul` of two n x n
+    matrices (2 n^3 FLOPs each) after one warm-up, with `threads` torch intra-op threads (None: as set).
+    The best, not the median: the peak this process can reach; load from other processes only lowers it."""
+    import time
+
+    if n < 1 or reps < 1:
+        raise ValueError(f"measure_matmul_peak needs n >= 1 and reps >= 1, got n={n}, reps={reps}")
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        g = torch.Generator().manual_seed(0)
+        a, b = torch.randn(n, n, generator=g, dtype=dtype), torch.randn(n, n, generator=g, dtype=dtype)
+        torch.matmul(a, b)
+        best = float("inf")
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            torch.matmul(a, b)
+            best = min(best, time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(before)
+    return 2.0 * n**3 / best

@@ -1,6 +1,8 @@
 """All throughput benchmarks in one command, one table.
 
     python benchmarks/run.py                          # --preset cpu-tiny: a few minutes on a small CPU
+    python benchmarks/run.py --preset cpu-mid         # a saved 58M Qwen3-MoE, 256-token answers: RL only, ~8 min
+    python benchmarks/run.py --preset cpu-mid --dry-run   # what it would run: systems, threads, model, FLOP formula
     python benchmarks/run.py --preset gpu-ring-lite   # Ring-lite shape with fewer layers, one CUDA GPU
     python benchmarks/run.py --sections rl --rl-systems c3po trl --rounds 3
 
@@ -14,7 +16,10 @@ Sections (each reuses its `bench_*` module; run those directly for more options)
   C3PO / GRPO with one-step-ahead rollouts from a private HF copy of the policy) and TRL's
   GRPOTrainer on the same workload, alternating in rounds: (generated + trained) tokens/s,
   seconds per step and its split rollout / reward / train / sync / other, and the ratios to TRL
-  (skipped with a message when TRL is not installed).
+  (skipped with a message when TRL is not installed). Systems named `name@N` run at N torch threads;
+  each base system's best thread count is printed, the ratios are against TRL at its best thread
+  count, and the training part's FLOP/s (6 x active params excl. input embedding x trained tokens /
+  train seconds, `rl_table.py`) against this machine's fp32 matmul peak measured at the same thread count.
 * rewards (`bench_rewards`): reward samples/s of the rule rewards the RL data uses, and code sandbox runs.
 
 The table ends with the peak resident memory of this process. The load average (1 minute) after each
@@ -47,6 +52,30 @@ SECTIONS = ("sft", "rollout", "rl", "rewards")
 RING_LITE_LAYERS = 2  # gpu-ring-lite: Ring-lite-2507 width, experts and vocabulary, fewer layers
 
 
+@dataclass(frozen=True)
+class SavedModel:
+    """A model built from a preset with overrides and saved once under `<out-dir>/models/<name>` (offline;
+    reused by later runs, so every run and every system starts from the same weights).
+
+    Args:
+        name: directory name under the cache.
+        base: `ring_lightning.models.presets` name it is built from (seed 0).
+        overrides: config fields of the base replaced.
+    """
+
+    name: str
+    base: str
+    overrides: dict[str, Any]
+
+
+# 8 layers, hidden 512, 16 experts top-2 (moe_intermediate 256), 8 heads / 4 KV heads of 64 (vLLM's CPU
+# attention sizes): 57.9M parameters, 13.8M active per token (13.2M without the input embedding).
+QWEN3_MOE_MID = SavedModel("qwen3-moe-mid", "qwen3-moe-tiny", dict(
+    hidden_size=512, intermediate_size=1024, moe_intermediate_size=256, num_hidden_layers=8,
+    num_attention_heads=8, num_key_value_heads=4, head_dim=64, num_experts=16, num_experts_per_tok=2,
+    output_router_logits=False))
+
+
 @dataclass
 class Preset:
     """Sizes of every section.
@@ -64,6 +93,8 @@ class Preset:
         rl: the RL workload.
         rl_systems: RL systems, in the order they alternate.
         reward_samples: samples per reward workload.
+        sections: sections run by default (`--sections` overrides).
+        saved_model: build and save the RL model once (`SavedModel`); `rl.model` then becomes its directory.
     """
 
     device: str = "cpu"
@@ -79,6 +110,8 @@ class Preset:
     rl: RLWorkload = field(default_factory=RLWorkload)
     rl_systems: tuple[str, ...] = DEFAULT_SYSTEMS
     reward_samples: int = 32
+    sections: tuple[str, ...] = SECTIONS
+    saved_model: SavedModel | None = None
 
 
 def _ring_lite(**extra) -> dict[str, Any]:
@@ -89,6 +122,18 @@ PRESETS: dict[str, Preset] = {
     # Tiny models, small sizes: the whole command takes a few minutes on 2 shared CPU cores. One torch
     # thread: on an oversubscribed machine more threads make OpenMP spin (10x slower steps seen here).
     "cpu-tiny": Preset(),
+    # Where compute matters: the saved 58M Qwen3-MoE, L=8 x K=4 answers of up to 256 tokens (a random
+    # policy writes all 256), Φ=4096; RL only. Every system at 1 and 2 torch threads, except the
+    # one-step-ahead one, which already keeps both cores busy with two Python threads at 1 thread each.
+    # 2 steps per run (the first left out: the one-step-ahead overlap starts at step 2) and one round:
+    # ~8 minutes on 2 cores. grpo-async-hf (the tiny preset has it) is left out for time: GRPO trains
+    # all L x K x 256 tokens, and the issue's target is on-policy C3PO.
+    "cpu-mid": Preset(
+        sections=("rl",), saved_model=QWEN3_MOE_MID,
+        rl=RLWorkload(model=QWEN3_MOE_MID.name, model_overrides={}, prompts=8, samples=4, max_tokens=256,
+                      phi=4096, micro_batch_tokens=4096, steps=2, warmup=1, rounds=1,
+                      source_sizes={"arithmetic": 64, "countdown": 32}),
+        rl_systems=("c3po", "c3po@2", "c3po-hf", "c3po-hf@2", "c3po-async-hf", "trl", "trl@2")),
     # Ring-lite-2507 (hidden 2048, 64 experts top-6 + 2 shared, vocab 126,464) with 2 decoder layers
     # (1.68B total / 0.68B active parameters), fp32 master weights, one CUDA GPU; the RL config's engine
     # runs on the GPU with CUDA graphs. Prompts use the shipped tokenizer (ids < 1105); generated ids
@@ -167,46 +212,32 @@ def run_rollout(p: Preset, table: Table, log) -> None:
               f"{r['sync_mb']:.1f} MB exact sync into vLLM (median of 3); engine start {r['vllm_start_s']:.1f} s")
 
 
+def rl_params(w: RLWorkload):
+    """Parameter counts of the RL model (meta device: no memory)."""
+    from benchmarks.flops import preset_params
+
+    return preset_params(w.model, **w.model_overrides)
+
+
+def rl_threads(p: Preset) -> list[int]:
+    """The torch thread counts the RL systems run at (sorted)."""
+    from benchmarks.rl_table import threads_of
+
+    return sorted({threads_of(s, p.threads or 1) for s in p.rl_systems})
+
+
 def run_rl(p: Preset, table: Table, log) -> None:
     from benchmarks import bench_rl_step
+    from benchmarks.flops import measure_matmul_peak
+    from benchmarks.rl_table import rl_rows
 
-    w = p.rl
-    res = bench_rl_step.compare(w, p.rl_systems, log=log)
-    systems = res["systems"]
-    what = (f"{w.model}, L={w.prompts} K={w.samples} <= {w.max_tokens} tokens, Φ={w.phi}; medians of "
-            f"{w.rounds} rounds x {w.steps - w.warmup} steps")
-    for name, s in systems.items():
-        sec = f"rl {name}"
-        table.add(sec, "end-to-end tokens/s (generated + trained)", f"{s['e2e_tok_s']:,.0f}",
-                  f"{s['gen_tokens']:.0f} generated + {s['loss_tokens']:.0f} trained per step; {what}")
-        table.add(sec, "seconds per step", f"{s['s_step']:.3f}",
-                  f"rollout {s['s_rollout']:.3f} / reward {s['s_reward']:.3f} / train {s['s_train']:.3f} / "
-                  f"sync {s['s_sync']:.3f} / other {s['s_other']:.3f}")
-        table.add(sec, "CPU seconds per step; tokens per CPU second",
-                  f"{s['cpu_s_step']:.3f}; {s['e2e_tok_cpu_s']:,.0f}",
-                  "this process (time.process_time): less sensitive to other processes' load")
-        table.add(sec, "generation / training tokens/s", f"{s['gen_tok_s']:,.0f} / {s['train_tok_s']:,.0f}",
-                  f"mean reward {s['reward_mean']:.3f}")
-    trls = [n for n in systems if bench_rl_step.parse_system(n)[0] == "trl"]
-    for t in trls:
-        trl, threads = systems[t], bench_rl_step.parse_system(t)[1]
-        for name, s in systems.items():
-            if name in trls:
-                continue
-            table.add(f"rl {name} / {t}", "e2e tokens/s; steps/s; tokens/CPU-s; steps/CPU-s",
-                      f"{s['e2e_tok_s'] / trl['e2e_tok_s']:.2f}x; {trl['s_step'] / s['s_step']:.2f}x; "
-                      f"{s['e2e_tok_cpu_s'] / trl['e2e_tok_cpu_s']:.2f}x; {trl['cpu_s_step'] / s['cpu_s_step']:.2f}x",
-                      f"vs TRL {res['trl_version']} GRPOTrainer (HF generate, "
-                      f"{threads or p.threads or 'default'} torch thread(s)) on the same model, prompts, K, "
-                      "max tokens and steps")
-    if "c3po" in systems and "grpo" in systems:
-        c, g = systems["c3po"], systems["grpo"]
-        table.add("rl c3po / grpo", "step seconds; train seconds; step CPU-seconds",
-                  f"{c['s_step'] / g['s_step']:.2f}; {c['s_train'] / g['s_train']:.2f}; "
-                  f"{c['cpu_s_step'] / g['cpu_s_step']:.2f}",
-                  f"C3PO trains Φ={w.phi} tokens/step, GRPO all {g['loss_tokens']:.0f}")
-    if res["engine_start_s"]:
-        table.add("rl", "vLLM engine start seconds (once)", f"{res['engine_start_s']:.1f}", "shared by the vLLM runs")
+    peaks = {}
+    if p.device == "cpu":  # GPU presets: no CPU peak (flops.PEAK_TFLOPS / gpu_check.py give the GPU's MFU)
+        log(f"[rl] fp32 matmul peak at {rl_threads(p)} thread(s)")
+        peaks = {t: measure_matmul_peak(t) for t in rl_threads(p)}
+    res = bench_rl_step.compare(p.rl, p.rl_systems, log=log)
+    for row in rl_rows(res, p.rl, p.threads or 1, params=rl_params(p.rl), peaks=peaks):
+        table.add(*row)
 
 
 def run_rewards(p: Preset, table: Table, log) -> None:
@@ -237,39 +268,100 @@ def versions() -> str:
     return ", ".join(out)
 
 
+def ensure_saved_model(spec: SavedModel, out_dir: Path, log=print) -> Path:
+    """`<out_dir>/models/<name>`: built from the preset and saved there unless already present (offline)."""
+    path = out_dir / "models" / spec.name
+    if (path / "config.json").exists() and any(path.glob("*.safetensors")):
+        return path
+    from ring_lightning.models.loading import load_policy
+
+    log(f"[model] building {spec.name} from {spec.base} into {path}")
+    policy, tok = load_policy(spec.base, seed=0, **spec.overrides)
+    tmp = path.with_name(path.name + ".partial")
+    policy.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    tmp.replace(path)
+    return path
+
+
+def resolve(args) -> Preset:
+    """The preset with the command's overrides (systems, rounds, steps)."""
+    p = PRESETS[args.preset]
+    if args.rl_systems:
+        p = replace(p, rl_systems=tuple(args.rl_systems))
+    if args.rounds:
+        p = replace(p, rl=replace(p.rl, rounds=args.rounds))
+    if args.steps:
+        p = replace(p, rl=replace(p.rl, steps=args.steps))
+    return p
+
+
+def dry_run(p: Preset, name: str, sections: list[str], out_dir: Path) -> None:
+    """Print what the preset would run, the RL model's counts and the FLOP formula; runs nothing heavy."""
+    from benchmarks.rl_table import flops_rows, threads_of
+
+    w = p.rl
+    if p.saved_model is not None:
+        path = out_dir / "models" / p.saved_model.name
+        state = "present" if (path / "config.json").exists() else "built on the first real run"
+        print(f"model: {p.saved_model.name} = {p.saved_model.base} with {p.saved_model.overrides} -> {path} ({state})")
+        w = replace(w, model=p.saved_model.base, model_overrides=p.saved_model.overrides)
+    print(f"dry run of preset {name}: sections {' '.join(sections)}")
+    if "rl" in sections:
+        print(f"rl workload: L={w.prompts} K={w.samples} max_tokens={w.max_tokens} Φ={w.phi} "
+              f"micro_batch_tokens={w.micro_batch_tokens} steps={w.steps} warmup={w.warmup} rounds={w.rounds}")
+        print("rl systems: " + ", ".join(f"{s} ({threads_of(s, p.threads or 1)} thread(s))" for s in p.rl_systems))
+        table = Table()
+        for row in flops_rows({}, rl_params(w), {}, p.threads or 1):
+            table.add(*row)
+        print(table.render())
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="cpu-tiny", choices=list(PRESETS))
-    ap.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS)
+    ap.add_argument("--sections", nargs="+", default=None, choices=SECTIONS, help="default: the preset's")
     ap.add_argument("--rl-systems", nargs="+", default=None, type=system_arg,
                     help=f"RL systems (default: the preset's): {', '.join(SYSTEMS)}, optionally @<torch threads>")
     ap.add_argument("--rounds", type=int, default=None, help="RL rounds (default: the preset's)")
+    ap.add_argument("--steps", type=int, default=None, help="RL steps per run (default: the preset's)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: the preset's)")
+    ap.add_argument("--out-dir", type=Path, default=REPO / "runs/bench", help="cache of saved models")
+    ap.add_argument("--dry-run", action="store_true", help="print the plan and the FLOP formula; run nothing")
     args = ap.parse_args(argv)
-    p = PRESETS[args.preset]
+    p = resolve(args)
+    sections = args.sections or list(p.sections)
+    if args.threads:
+        p = replace(p, threads=args.threads)
+    if args.dry_run:
+        return dry_run(p, args.preset, sections, args.out_dir)
     import torch
 
     if p.device == "cuda" and not torch.cuda.is_available():
         sys.exit(f"benchmarks/run.py --preset {args.preset} needs a CUDA GPU (torch.cuda.is_available() is False "
                  f"with torch {torch.__version__}); use --preset cpu-tiny on this machine")
-    if args.rl_systems:
-        p = replace(p, rl_systems=tuple(args.rl_systems))
-    if args.rounds:
-        p = replace(p, rl=replace(p.rl, rounds=args.rounds))
-    threads = args.threads or p.threads
-    if threads:
-        torch.set_num_threads(threads)
+    if p.threads:
+        torch.set_num_threads(p.threads)
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731  progress on stderr, table on stdout
     table, t0, load0 = Table(), time.perf_counter(), os.getloadavg()
-    for section in args.sections:
+    if p.saved_model is not None and "rl" in sections:
+        p = replace(p, rl=replace(p.rl, model=str(ensure_saved_model(p.saved_model, args.out_dir, log)),
+                                  model_overrides={}))
+    for section in sections:
         RUNNERS[section](p, table, log)
+    report(p, args.preset, table, t0, load0)
+
+
+def report(p: Preset, name: str, table: Table, t0: float, load0) -> None:
+    import torch
+
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
     kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
     cuda = f"; peak CUDA memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if p.device == "cuda" else ""
     table.add("memory", "peak RSS of this process (GiB)", f"{peak:.2f}",
               f"largest finished child process {kids:.2f} GiB{cuda}")
     device = torch.cuda.get_device_name() if p.device == "cuda" else f"{os.cpu_count()} CPUs"
-    print(f"\nring_lightning benchmarks, preset {args.preset}: {device}, torch threads {torch.get_num_threads()}, "
+    print(f"\nring_lightning benchmarks, preset {name}: {device}, torch threads {torch.get_num_threads()}, "
           f"load average {load0[0]:.1f} at start / {os.getloadavg()[0]:.1f} at end, {time.perf_counter() - t0:.0f} s")
     print(versions())
     print(table.render())

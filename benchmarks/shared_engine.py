@@ -4,8 +4,8 @@ The RL benchmarks alternate runs (C3PO, GRPO, TRL, C3PO, ...) so that all of the
 machine load; starting a vLLM engine per run would cost ~16 s or more each. Put this class in the
 RL config's engine `class_path` (its init_args are exactly `VLLMEngine`'s, so the YAML's engine
 settings carry over): the first construction starts a `VLLMEngine`; later ones reuse it and load the
-new run's policy weights into it (so every run starts on-policy); `close()` does nothing, and
-`SharedEngine.close_shared()` closes the engine at the end of the benchmark.
+new run's policy weights into it (so every run starts on-policy) and the run's torch thread count;
+`close()` does nothing, and `SharedEngine.close_shared()` closes the engine at the end of the benchmark.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ class SharedEngine:
     start_seconds: ClassVar[float] = 0.0
 
     def __init__(self, model, tokenizer=None, **engine_kwargs: Any) -> None:
+        threads = torch.get_num_threads()  # this run's (bench_rl_step.torch_threads)
         if SharedEngine._engine is None:
             t0 = time.perf_counter()
             SharedEngine._engine = VLLMEngine(model, tokenizer, **engine_kwargs)
@@ -38,6 +39,13 @@ class SharedEngine:
             raise TypeError("SharedEngine: a reused engine needs the run's in-memory policy, got "
                             f"{type(model).__name__}")
         self.engine = SharedEngine._engine
+        # VLLMEngine restores the torch thread count it was built with around every generate / sync
+        # (vLLM's CPU worker disables torch.set_num_threads); a reused engine must restore *this* run's
+        # count instead, or a `name@N` system would run at the first run's count.
+        if hasattr(self.engine, "_threads"):
+            self.engine._threads = threads
+        torch._C.set_num_threads(threads)  # the weight load above restored the previous run's count (vLLM may
+        # have replaced torch.set_num_threads by a no-op)
 
     def __getattr__(self, name: str):  # last_sync, sleep_enabled, sleep_level, ...
         if name == "engine":
@@ -63,8 +71,10 @@ class SharedEngine:
     def close_shared(cls) -> None:
         """Close the shared engine (end of the benchmark)."""
         if cls._engine is not None:
+            threads = torch.get_num_threads()  # closing restores the last run's count: keep the caller's
             cls._engine.close()
             cls._engine = None
+            torch._C.set_num_threads(threads)
 
 
 SharedEngine.__init__.__signature__ = inspect.signature(VLLMEngine.__init__)  # jsonargparse: VLLMEngine's args

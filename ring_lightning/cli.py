@@ -5,7 +5,10 @@
     python -m ring_lightning prepare ...                        RL prompt-set preparation (prepare/pipeline.py)
     python -m ring_lightning pipeline ...                       the whole recipe, stage after stage (pipeline.py)
 
-Choices and details: docs/design.md#cli.
+Short class names work for the project's classes (`--model SFTModule`, `--data RolloutDataModule`;
+`--model.help SFTModule` lists one's options); options are never abbreviated (`--trainer.max_step`
+is an error that names `--trainer.max_steps`). Every error is one line on stderr (config errors exit
+2, run errors 1); RING_LIGHTNING_DEBUG=1 shows the traceback instead. Choices: docs/design.md#cli.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import os
 import re
 import sys
 from argparse import ArgumentError
+from pathlib import Path
 
 from typing import Any
 
@@ -31,14 +35,28 @@ except ImportError:  # pragma: no cover - older jsonargparse
     JsonArgumentError = ArgumentError
 from jsonargparse import lazy_instance
 
+from ring_lightning.cli_messages import (import_class, concise_error, did_you_mean, one_line, option_keys,
+                                         quiet_known_noise)
+
 DEBUG_ENV = "RING_LIGHTNING_DEBUG"
 EXTRA_COMMANDS = {
     "prepare": ("ring_lightning.prepare.pipeline", "clean, deduplicate, decontaminate and grade RL prompt sets"),
     "pipeline": ("ring_lightning.pipeline", "run the Ring-lite recipe end to end (SFT, then RL stages)"),
+    "study": ("ring_lightning.study", "Ring-lite's SFT-length and C3PO-vs-GRPO findings at tiny scale (study.md)"),
 }
+# Imported before parsing, so `fit --help` lists them ("known subclasses") and short names resolve.
+PROJECT_CLASSES = {
+    "model": {"SFTModule": ("ring_lightning.modules.sft", "long-CoT SFT"),
+              "RLModule": ("ring_lightning.modules.rl", "RL with an injected objective: C3PO, GRPO")},
+    "data": {"SFTDataModule": ("ring_lightning.data.sft.datamodule", "chat / text rows, packed"),
+             "RolloutDataModule": ("ring_lightning.data.rollouts.datamodule", "prompt sources -> rollouts")},
+}
+CLASS_GUIDE = "Project classes (short names work, e.g. `--model SFTModule`; `--model.help SFTModule` lists its " + (
+    "options): " + "; ".join(f"--{key}: " + ", ".join(f"{n} ({h})" for n, (_, h) in classes.items())
+                            for key, classes in PROJECT_CLASSES.items()) + ".")
 DESCRIPTION = "ring_lightning: the Ring-lite recipe (long-CoT SFT + C3PO RL) on PyTorch Lightning.\n\n" + (
     "Other commands (give them first, e.g. `python -m ring_lightning prepare --help`): "
-    + "; ".join(f"{name}: {help_}" for name, (_, help_) in EXTRA_COMMANDS.items()) + ".")
+    + "; ".join(f"{name}: {help_}" for name, (_, help_) in EXTRA_COMMANDS.items()) + ". " + CLASS_GUIDE)
 
 # Defaults for every run; any of them can be overridden in a config or on the command line.
 # runs/ is git-ignored: logs, checkpoints and the saved config.yaml land there, also with logger=false.
@@ -60,6 +78,47 @@ class ConfigError(Exception):
     """A configuration problem; its message names the key or file."""
 
 
+class ResumeError(RuntimeError):
+    """`--ckpt_path last` found no last checkpoint (Lightning would silently start from step 0)."""
+
+
+def _checkpoint_dirs(trainer: Trainer) -> list[Path]:
+    """Where the run's ModelCheckpoints write: their dirpath, else every version of the first logger's
+    directory (a new run gets a new version_N, so a resume must look at the earlier ones), else
+    default_root_dir/checkpoints (Lightning's rule, ModelCheckpoint.__resolve_ckpt_dir)."""
+    dirs: list[Path] = []
+    for cb in trainer.checkpoint_callbacks:
+        if not isinstance(cb, ModelCheckpoint):
+            continue
+        if cb.dirpath is not None:
+            dirs.append(Path(cb.dirpath))
+        elif trainer.loggers:
+            logger = trainer.loggers[0]
+            base = Path(logger.save_dir or trainer.default_root_dir)
+            base = base / str(logger.name) if logger.name else base
+            dirs.extend(sorted(base.glob("*/checkpoints")) or [base / "version_*" / "checkpoints"])
+        else:
+            dirs.append(Path(trainer.default_root_dir) / "checkpoints")
+    return list(dict.fromkeys(dirs))
+
+
+def _resume_checked(trainer: Trainer, run: Any, kwargs: dict[str, Any]) -> None:
+    """Run a Trainer entry point; `ckpt_path="last"` means the newest last*.ckpt of this run's checkpoint
+    directories, and none is a `ResumeError` before anything is built (Lightning would start from step 0)."""
+    if kwargs.get("ckpt_path") == "last":
+        dirs = _checkpoint_dirs(trainer)
+        found = [p for d in dirs if d.is_dir() for p in d.glob("last*.ckpt") if re.fullmatch(r"last(-\d+)?", p.stem)]
+        if not found:
+            others = sorted(str(p) for d in dirs if d.is_dir() for p in d.glob("*.ckpt"))
+            where = ", ".join(map(str, dirs)) or "the run (no ModelCheckpoint)"
+            raise ResumeError(
+                f"--ckpt_path last: no last checkpoint in {where} "
+                f"({'only other checkpoints: ' + ', '.join(others[:5]) if others else 'no checkpoint there yet'}). "
+                "Pass a checkpoint file as --ckpt_path, or drop --ckpt_path to start from step 0")
+        kwargs = {**kwargs, "ckpt_path": str(max(found, key=lambda p: p.stat().st_mtime))}
+    run(**kwargs)
+
+
 class RingLightningCLI(LightningCLI):
     """LightningCLI in subclass mode for model and data, omegaconf interpolation, concise errors.
 
@@ -69,10 +128,16 @@ class RingLightningCLI(LightningCLI):
     """
 
     def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
+        quiet_known_noise()
+        for classes in PROJECT_CLASSES.values():
+            for module_name, _ in classes.values():
+                importlib.import_module(module_name)
+        subcommands = {name: {"description": f"{_first_line(getattr(Trainer, name))} {CLASS_GUIDE}"}
+                       for name in self.subcommands()}
         super().__init__(
             LightningModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
-            parser_kwargs={"parser_mode": "omegaconf", "exit_on_error": False, "description": DESCRIPTION,
-                           "prog": "python -m ring_lightning"},
+            parser_kwargs={"parser_mode": "omegaconf+", "exit_on_error": False, "description": DESCRIPTION,
+                           "prog": "python -m ring_lightning", "allow_abbrev": False, **subcommands},
             trainer_defaults=TRAINER_DEFAULTS, save_config_kwargs={"overwrite": True},
             auto_configure_optimizers=False, args=args, run=run,
         )
@@ -83,6 +148,7 @@ class RingLightningCLI(LightningCLI):
                                  "checkpoint files, distributed checkpoint directories and last.ckpt links")
 
     def before_instantiate_classes(self) -> None:
+        self._save_last_by_default()
         config = self.config.get(str(self.subcommand), self.config)
         if not config.get(ATOMIC_KEY, True):
             return
@@ -94,15 +160,35 @@ class RingLightningCLI(LightningCLI):
             _substitute(item)
         _substitute(trainer.get("strategy"))
 
+    def _save_last_by_default(self) -> None:
+        """Every configured ModelCheckpoint writes last.ckpt unless the config sets save_last itself."""
+        config = self.config.get(str(self.subcommand), self.config)
+        callbacks = (config.get("trainer") or {}).get("callbacks")
+        for item in callbacks if isinstance(callbacks, list) else [callbacks]:
+            cls = _class_of(item)
+            init_args = getattr(item, "init_args", None)
+            if cls is not None and issubclass(cls, ModelCheckpoint) and init_args is not None \
+                    and init_args.get("save_last") is None:
+                init_args["save_last"] = True
+
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         trainer_cfg = self._get(self.config_init, "trainer", default={})
-        if trainer_cfg.get("enable_progress_bar") is not False and "callbacks" not in kwargs:
+        if "callbacks" not in kwargs:
             callbacks = trainer_cfg.get("callbacks")
             callbacks = [] if callbacks is None else list(callbacks) if isinstance(callbacks, list) else [callbacks]
-            if not any(isinstance(c, ProgressBar) for c in callbacks):  # ours: "Epoch 0", not "Epoch 0/-2"
+            added = []
+            if trainer_cfg.get("enable_progress_bar") is not False and not any(
+                    isinstance(c, ProgressBar) for c in callbacks):  # ours: "Epoch 0", not "Epoch 0/-2"
                 from ring_lightning.callbacks.progress import default_progress_bar
 
-                kwargs["callbacks"] = [*callbacks, default_progress_bar()]
+                added.append(default_progress_bar())
+            if trainer_cfg.get("enable_checkpointing") is not False and not any(
+                    isinstance(c, ModelCheckpoint) for c in callbacks):  # Lightning's default, plus last.ckpt
+                atomic = self._get(self.config, ATOMIC_KEY, True)
+                cls = import_class(ATOMIC_SUBSTITUTES[ModelCheckpoint]) if atomic else ModelCheckpoint
+                added.append(cls(save_last=True))
+            if added:
+                kwargs["callbacks"] = [*callbacks, *added]
         if self._get(self.config, ATOMIC_KEY, True) and "plugins" not in kwargs:
             from ring_lightning.checkpointing import AtomicCheckpointIO
 
@@ -117,7 +203,20 @@ class RingLightningCLI(LightningCLI):
         try:
             super().parse_arguments(parser, args)
         except (ArgumentError, JsonArgumentError) as e:
-            raise ConfigError(concise_error(str(e))) from e
+            message = concise_error(str(e))
+            raise ConfigError(message + did_you_mean(message, option_keys(parser))) from e
+
+    def fit(self, **kwargs: Any) -> None:
+        _resume_checked(self.trainer, self.trainer.fit, kwargs)
+
+    def validate(self, **kwargs: Any) -> None:
+        _resume_checked(self.trainer, self.trainer.validate, kwargs)
+
+    def test(self, **kwargs: Any) -> None:
+        _resume_checked(self.trainer, self.trainer.test, kwargs)
+
+    def predict(self, **kwargs: Any) -> None:
+        _resume_checked(self.trainer, self.trainer.predict, kwargs)
 
     def instantiate_classes(self) -> None:
         try:
@@ -129,66 +228,20 @@ class RingLightningCLI(LightningCLI):
             raise ConfigError(f"could not instantiate{where}: {concise_error(message)}") from e
 
 
+def _first_line(fn: Any) -> str:
+    return next((line.strip() for line in (fn.__doc__ or "").splitlines() if line.strip()), "")
+
+
+def _class_of(item: Any) -> type | None:
+    class_path = getattr(item, "class_path", None) if item is not None and not isinstance(item, str) else None
+    return import_class(class_path) if class_path else None
+
+
 def _substitute(item: Any) -> None:
     """Point a parsed `class_path` of a Lightning class in ATOMIC_SUBSTITUTES at its crash-safe subclass."""
-    class_path = getattr(item, "class_path", None) if item is not None and not isinstance(item, str) else None
-    if not class_path:
-        return
-    module_name, _, name = class_path.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module_name), name)
-    except (ImportError, AttributeError, ValueError):
-        return  # jsonargparse reports unknown classes itself
+    cls = _class_of(item)
     if cls in ATOMIC_SUBSTITUTES:
         item.class_path = ATOMIC_SUBSTITUTES[cls]
-
-
-def concise_error(message: str) -> str:
-    """One line from jsonargparse's nested error report: the full key (or file) and what is wrong."""
-    lines = [line.strip() for line in message.splitlines() if line.strip()]
-    keys: list[str] = []
-    detail, class_path = None, None
-    for line in lines:
-        m = re.match(r'(?:- )?Parser key "([^"]+)":\s*(.*)', line)
-        if m:
-            keys.append(m.group(1))
-            if m.group(2):
-                detail = m.group(2)
-                break
-            continue
-        m = re.match(r"- Problem with given class_path '([^']+)':\s*(.*)", line)
-        if m:
-            class_path = m.group(1)
-            keys.append("init_args")
-            if m.group(2):
-                detail = m.group(2)
-                break
-            continue
-        if line.startswith(("Does not validate", "Subtypes:", "Errors:", "Given value")):
-            continue
-        if re.fullmatch(r"- Expected a <class 'NoneType'>.*", line):
-            continue
-        detail = line.lstrip("- ")
-        break
-    detail = detail or (lines[0] if lines else message)
-    if keys and keys[0] == "config":
-        m = re.search(r"File does not exist: '?([^']+)'?", detail)
-        return f"config file not found: {m.group(1)}" if m else f"config file: {detail}"
-    m = re.fullmatch(r"Option '([^']+)' is not accepted", detail)
-    if m:
-        keys.append(m.group(1))
-        detail = "unknown key" + (f" (not an argument of {class_path})" if class_path else "")
-    m = re.fullmatch(r"Group '([^']+)' does not accept option '([^']+)'", detail)
-    if m:
-        keys, detail = [m.group(1), m.group(2)], "unknown key"
-    m = re.fullmatch(r"unrecognized arguments: (.+)", detail)
-    if m:
-        return f"unknown key(s) on the command line: {m.group(1)}"
-    if class_path and ("has no attribute" in detail or "No module named" in detail):
-        keys = [k for k in keys if k != "init_args"] + ["class_path"]
-        detail = f"cannot import {class_path!r}: {detail}"
-    key = ".".join(k for i, k in enumerate(keys) if not (k == "init_args" and i + 1 == len(keys)))
-    return f"{key}: {detail}" if key else detail
 
 
 def _run_extra_command(name: str, argv: list[str]) -> None:
@@ -222,7 +275,12 @@ def _run_errors() -> tuple[type[BaseException], ...]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of `python -m ring_lightning` and the `ring-lightning` script."""
+    """Entry point of `python -m ring_lightning` and the `ring-lightning` script.
+
+    Every error is printed as one line on stderr: `ring_lightning: config error: ...` (exit 2) for a
+    bad config or command line, `ring_lightning: error: <Type>: ...` (exit 1) for anything that fails
+    after parsing. RING_LIGHTNING_DEBUG=1 raises instead (the full traceback).
+    """
     args = sys.argv[1:] if argv is None else list(argv)
     if args and args[0] in EXTRA_COMMANDS:
         _run_extra_command(args[0], args[1:])
@@ -240,10 +298,11 @@ def main(argv: list[str] | None = None) -> None:
             raise
         sys.stderr.write(f"ring_lightning: config error: {e} (see --help; {DEBUG_ENV}=1 shows the traceback)\n")
         sys.exit(2)
-    except _run_errors() as e:
+    except Exception as e:  # noqa: BLE001 - every run error is reported, in one line
         if os.environ.get(DEBUG_ENV):
             raise
-        sys.stderr.write(f"ring_lightning: error: {type(e).__name__}: {e} ({DEBUG_ENV}=1 shows the traceback)\n")
+        line = one_line(e, (ConfigError, ResumeError, *_run_errors()))
+        sys.stderr.write(f"ring_lightning: error: {line} ({DEBUG_ENV}=1 shows the traceback)\n")
         sys.exit(1)
     finally:
         sys.argv = saved_argv

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from ring_lightning.callbacks.stage_transition import RECORD_FILE, describe_record
 from ring_lightning.eval.heldout import ExportEvaluator, HeldoutEval, summary_line
 from ring_lightning.stage_outputs import ckpt_sft_tokens, enable_kv_cache, fresh_export, latest_checkpoint
 
@@ -290,12 +291,16 @@ class Pipeline:
             if Path(ckpt).is_file():
                 sft_tokens = ckpt_sft_tokens(ckpt)
             out = {"model": str(export.resolve()), "checkpoint": ckpt if Path(ckpt).is_file() else None}
+            move = transition_record(d, started)
+            if move is not None:
+                out["transition"] = move
+                self._say(f"{spec.name}: {describe_record(move)}")
         enable_kv_cache(export)
         if sft_tokens:
             meta = export / META_FILE
             if not meta.exists():
                 tmp = export / f".tmp-{META_FILE}"
-                tmp.write_text(json.dumps({"sft_tokens_seen": int(sft_tokens), "source_stage": spec.name}) + "\n")
+                tmp.write_text(json.dumps({"sft_loss_tokens_seen": int(sft_tokens), "source_stage": spec.name}) + "\n")
                 os.replace(tmp, meta)
             out["sft_tokens"] = int(sft_tokens)
         return out
@@ -307,6 +312,17 @@ class Pipeline:
             raise FileNotFoundError(f"pipeline: stage {spec.name!r}: checkpoint to export not found: {ckpt}")
         self._say(f"{spec.name}: exporting {ckpt} -> {out}")
         export_checkpoint(ckpt, out, module_cls=spec.module_cls or DEFAULT_MODULES[spec.kind], overwrite=True)
+
+
+def transition_record(stage_dir: Path, started: float) -> dict[str, Any] | None:
+    """The stage's StageTransition record (`callbacks/stage_transition.py`), if this attempt wrote one."""
+    path = stage_dir / RECORD_FILE
+    if not path.is_file() or path.stat().st_mtime < started:
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"pipeline: {path} is not valid JSON ({e})") from None
 
 
 def build_parser():

@@ -118,6 +118,52 @@ def plot_curves(stages: Sequence[tuple[str, Mapping[int, Mapping[str, float]]]],
     return written
 
 
+def readiness_section(run_dir: Path, state: Mapping[str, Any], order: Sequence[str]) -> list[str]:
+    """The SFT checkpoint choice: the band, every candidate's entropy (the curve over SFT steps, also
+    plotted to sft_entropy.png) and the pick, from the SFT stage's rl_readiness.json."""
+    lines: list[str] = []
+    for name in order:
+        path = ((state["stages"].get(name) or {}).get("outputs") or {}).get("readiness")
+        if not path or not Path(path).is_file():
+            continue
+        d = json.loads(Path(path).read_text())
+        if "band" not in d or not d.get("candidates"):
+            continue  # a selector file without the table (written by something else)
+        lo, hi = d["band"]
+        chosen = (d.get("chosen") or {}).get("step")
+        lines += [f"## SFT checkpoint for RL ({name})", "", f"Entropy band [{lo}, {hi}] nats, rule {d['rule']!r}: "
+                  f"{d['reason']}", "", "| SFT step | entropy | probe pass@1 | in band | chosen |", "|---|---|---|---|---|"]
+        for c in d["candidates"]:
+            lines.append(f"| {c['step']} | {_fmt(c['entropy'])} | {_fmt(c.get('accuracy'))} | "
+                         f"{'yes' if c.get('in_band') else 'no'} | {'**yes**' if c['step'] == chosen else ''} |")
+        plot = _entropy_plot(d, run_dir / "sft_entropy.png")
+        lines += ["", f"![sft entropy]({plot.name})", ""]
+    return lines
+
+
+def _entropy_plot(decision: Mapping[str, Any], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cands = decision["candidates"]
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    ax.axhspan(*decision["band"], color="C2", alpha=0.2, label="band")
+    ax.plot([c["step"] for c in cands], [c["entropy"] for c in cands], "o-", label="entropy (probe)")
+    chosen = decision.get("chosen") or {}
+    if chosen.get("step") is not None:
+        ax.plot([chosen["step"]], [chosen["entropy"]], "r*", ms=14, label="chosen")
+    ax.set_xlabel("SFT optimizer step")
+    ax.set_ylabel("nats")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
 def _fmt(x: float | None, digits: int = 3) -> str:
     return "–" if x is None else f"{x:.{digits}f}"
 
@@ -203,7 +249,16 @@ def build_report(run_dir: str | Path) -> Path:
     if state.get("started_at") and state.get("finished_at"):
         lines += [f"Pipeline wall time: {state['finished_at'] - state['started_at']:.0f} s "
                   "(this invocation, including held-out evaluations).", ""]
-    lines += ["## Stages", "", *_stage_rows(state, order, metrics), "", "## Held-out evaluation", ""]
+    lines += ["## Stages", "", *_stage_rows(state, order, metrics), ""]
+    lines += readiness_section(run_dir, state, order)
+    moves = [(n, ((state["stages"].get(n) or {}).get("outputs") or {}).get("transition")) for n in order]
+    if any(m for _, m in moves):
+        from ring_lightning.callbacks.stage_transition import describe_record
+
+        lines += ["## Stage moves", "", "Decided by each stage's StageTransition callback on logged signals "
+                  "(`stage_transition.json` in the stage directory); `max_steps` is only a cap.", ""]
+        lines += [f"- **{n}**: {describe_record(m)}" for n, m in moves if m] + [""]
+    lines += ["## Held-out evaluation", ""]
     if first_eval:
         spec = first_eval.get("spec", {})
         lines += [f"Prompts never seen in training, {spec.get('samples_per_prompt', '?')} samples per prompt at "

@@ -71,5 +71,5 @@ def tiny_sft_export(tmp_path_factory):
     module.configure_model()
     module.export_hf(out)
     meta = out / "ring_lightning_meta.json"
-    meta.write_text(json.dumps({**json.loads(meta.read_text()), "sft_tokens_seen": 200}))
+    meta.write_text(json.dumps({**json.loads(meta.read_text()), "sft_tokens_seen": 900, "sft_loss_tokens_seen": 200}))
     return out

@@ -124,10 +124,11 @@ def rows_from_source(
         if not rows:
             raise ValueError(f"EntropyMonitor: prompt file {prompt_file} has no rows")
         return rows
-    from ring_lightning.data.synthetic.problems import prompt_rows
+    from ring_lightning.data.synthetic.problems import PARTITIONED_TASKS, prompt_rows
 
-    raw = prompt_rows(synthetic_task, "val", synthetic_n_train, synthetic_prompts, seed=synthetic_seed)
-    return [parse_row(r, f"synthetic {synthetic_task} val row {i}") for i, r in enumerate(raw)]
+    split = "probe" if synthetic_task in PARTITIONED_TASKS else "val"  # probe: disjoint from every eval set
+    raw = prompt_rows(synthetic_task, split, synthetic_n_train, synthetic_prompts, seed=synthetic_seed)
+    return [parse_row(r, f"synthetic {synthetic_task} {split} row {i}") for i, r in enumerate(raw)]
 
 
 def _encode_prompts(tokenizer: Any, rows: Sequence[PromptRow], chat_template_kwargs: dict) -> list[list[int]]:
@@ -284,8 +285,10 @@ class EntropyMonitor(Callback):
         prompts: held-out prompt strings (user messages). Exactly one of prompts / prompt_file /
             synthetic_task must be set.
         prompt_file: a prompt file (JSONL / Parquet / datasets dir) in the RL prompt schema.
-        synthetic_task: a built-in synthetic task ("arithmetic", "countdown", "mixed"); its val split.
-        synthetic_prompts: how many synthetic val prompts.
+        synthetic_task: a built-in synthetic task: "arithmetic", "countdown", "mixed" (its val split) or
+            a partitioned one ("addition", "instruction", "quickstart": its probe partition, disjoint
+            from the held-out evaluation sets, `data/synthetic/problems.is_probe`).
+        synthetic_prompts: how many synthetic probe / val prompts.
         synthetic_n_train: must equal `SFTDataModule.synthetic_train_rows` (same task and seed): the
             prompts are the first problems after the SFT training split, hence held out from it.
         synthetic_seed: the synthetic generator's seed (`SFTDataModule.seed`).

@@ -4,7 +4,8 @@ Ring-lite (arXiv 2506.14731) starts RL from a chosen distillation (SFT) checkpoi
 its policy with `ring_lightning.models.loading.load_policy(dir)` and its vLLM engine from the same
 directory, so the export is a plain `save_pretrained` directory: config.json, safetensors weights
 (transformers >= 5 writes MoE experts under the per-expert names vLLM's loaders expect, see
-FINDINGS), generation_config.json and the tokenizer files.
+FINDINGS), generation_config.json and the tokenizer files; a BailingMoe export also carries its model
+code and `auto_map`, so it loads without ring_lightning (docs/exports.md).
 
 Choices and details: docs/design.md#callbacks-export.
 """

@@ -6,7 +6,8 @@ yields superior performance-efficiency trade-offs". Longer long-CoT SFT keeps im
 model but lowers its entropy, and RL started from a low-entropy checkpoint collapses its entropy;
 the report starts RL from the checkpoint whose entropy lies in 0.3–0.5 and compares recipes by
 token efficiency = (# RL training tokens) / (# SFT training tokens). Each candidate here records
-the SFT tokens it consumed (`pl_module.sft_tokens_seen`), the denominator of that ratio. (Band and
+the SFT tokens it trained on (`pl_module.sft_loss_tokens_seen`: response tokens, as RL's numerator
+counts its loss tokens), the denominator of that ratio. (Band and
 definition as summarised in the project's SFT-stage issue; section numbers not re-checked here.)
 
 Ambiguities and choices: docs/design.md#callbacks-rl-readiness.
@@ -38,7 +39,7 @@ class Candidate:
         step: trainer.global_step at the validation.
         entropy: policy entropy (nats) measured at that step.
         accuracy: held-out pass@1, or None when not measured.
-        sft_tokens: SFT tokens consumed so far (`pl_module.sft_tokens_seen`).
+        sft_tokens: SFT loss tokens trained on so far (`tokens_attr`, default `sft_loss_tokens_seen`).
         path: the candidate checkpoint file, or None when not saved / removed.
         epoch: trainer.current_epoch at the validation.
     """
@@ -58,7 +59,8 @@ class Decision:
     Attributes:
         chosen: the selected candidate (None when there is no usable candidate).
         in_band: whether `chosen.entropy` lies in the band.
-        fallback: True when nothing was in the band and the closest candidate was taken.
+        fallback: True when nothing was in the band and the closest candidate was taken (`reason` says
+            which way to move).
         reason: a sentence explaining the choice.
     """
 
@@ -125,9 +127,25 @@ def choose_checkpoint(candidates: Sequence[Candidate], band: tuple[float, float]
     best = min(usable, key=lambda c: (band_distance(c.entropy, (lo, hi)), _rank_key(c, (lo, hi), rule)))
     side = "below" if best.entropy < lo else "above"
     ents = [c.entropy for c in usable]
-    return Decision(best, False, True, f"FALLBACK: no candidate has entropy in [{lo}, {hi}] (measured "
-                                       f"{min(ents):.4f}..{max(ents):.4f}); chose the closest, {_describe(best)}, "
-                                       f"{band_distance(best.entropy, (lo, hi)):.4f} {side} the band")
+    return Decision(best, False, True, f"FALLBACK: no candidate has entropy in [{lo}, {hi}] (measured {min(ents):.4f}.."
+                                       f"{max(ents):.4f}); the closest is {_describe(best)}, "
+                                       f"{band_distance(best.entropy, (lo, hi)):.4f} {side} the band. "
+                                       + band_advice(usable, (lo, hi)))
+
+
+def band_advice(candidates: Sequence[Candidate], band: tuple[float, float]) -> str:
+    """Which way to move when no candidate is inside the band (entropy falls as SFT goes on)."""
+    lo, hi = band
+    by_step = sorted(candidates, key=lambda c: c.step)
+    if all(c.entropy < lo for c in by_step):
+        return (f"Every measurement is below the band, the first already at step {by_step[0].step}: train FEWER SFT "
+                "steps or measure earlier (a smaller val_check_interval), or lower the band for this model.")
+    if all(c.entropy > hi for c in by_step):
+        return (f"Every measurement is above the band, the last at step {by_step[-1].step}: train MORE SFT steps, "
+                "or raise the band for this model.")
+    cross = next((a, b) for a, b in zip(by_step, by_step[1:]) if (a.entropy > hi) != (b.entropy > hi))
+    return (f"The entropy crossed the band between steps {cross[0].step} and {cross[1].step}: measure more often "
+            "there (a smaller val_check_interval), or widen the band.")
 
 
 class RLReadinessSelector(Callback):
@@ -143,13 +161,17 @@ class RLReadinessSelector(Callback):
         rule: how to choose inside the band: "accuracy" | "fewest_tokens" | "band_center".
         entropy_key: the logged entropy metric (EntropyMonitor: `<log_prefix>/entropy`).
         accuracy_key: the logged held-out accuracy metric; absent -> accuracy None.
-        tokens_attr: the LightningModule attribute counting SFT tokens consumed.
+        tokens_attr: the LightningModule attribute counting SFT tokens consumed (default: the trained
+            response tokens, as RL counts its loss tokens; "sft_tokens_seen" counts prompts too).
         save_candidates: save a checkpoint at every measured validation (needed for export).
         weights_only: candidate checkpoints without optimizer state (what RL needs; far smaller).
         keep_only_chosen: delete candidate files that are not the current choice (safe: a candidate
             that loses once can never win later, the ranking being a fixed order).
         stop_after_below_band: stop SFT after this many consecutive measurements below the band
             (None: never).
+        outside_band: when no candidate is inside the band at fit end: "error" (raise, saying which
+            way to move: more / fewer SFT steps, more frequent measurements) or "closest" (take the
+            closest, with that warning, and mark the decision `fallback`).
         export_dir: export the chosen checkpoint as an HF directory here at fit end (None: no export).
         module_cls: dotted path of the LightningModule class used to rebuild a candidate for export;
             default: the class of the module being trained.
@@ -163,11 +185,12 @@ class RLReadinessSelector(Callback):
         rule: Rule = "accuracy",
         entropy_key: str = "sft/entropy",
         accuracy_key: str = "sft/pass@1",
-        tokens_attr: str = "sft_tokens_seen",
+        tokens_attr: str = "sft_loss_tokens_seen",
         save_candidates: bool = True,
         weights_only: bool = True,
         keep_only_chosen: bool = False,
         stop_after_below_band: int | None = None,
+        outside_band: Literal["error", "closest"] = "closest",
         export_dir: str | None = None,
         module_cls: str | None = None,
         filename: str = "rl_readiness.json",
@@ -188,6 +211,9 @@ class RLReadinessSelector(Callback):
         self.save_candidates, self.weights_only, self.keep_only_chosen = save_candidates, weights_only, keep_only_chosen
         self.stop_after_below_band, self.export_dir, self.module_cls = stop_after_below_band, export_dir, module_cls
         self.filename = filename
+        if outside_band not in ("error", "closest"):
+            raise ValueError(f"RLReadinessSelector: outside_band must be 'error' or 'closest', got {outside_band!r}")
+        self.outside_band = outside_band
         self.candidates: list[Candidate] = []
         self.below_streak = 0
         self.stopped: dict[str, Any] | None = None
@@ -253,22 +279,36 @@ class RLReadinessSelector(Callback):
             self._write(trainer, decision)
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        decision = self.decide(warn=True)
+        decision = self.decide(warn=self.outside_band == "closest")
+        if trainer.is_global_zero:
+            self._write(trainer, decision)
+        if decision.fallback and self.outside_band == "error":
+            raise RuntimeError(f"RLReadinessSelector: {decision.reason} (outside_band: error; the table is in "
+                               f"{self.json_path(trainer)})")
         if self.export_dir is not None:
-            if decision.chosen is None or decision.chosen.path is None:
-                raise RuntimeError(f"RLReadinessSelector: export_dir={self.export_dir!r} is set but there is no "
-                                   f"candidate checkpoint to export ({decision.reason}); run at least one "
-                                   f"validation with EntropyMonitor before fit ends")
             if trainer.is_global_zero:
-                from ring_lightning.callbacks.export import export_checkpoint
-
-                cls = self.module_cls or type(pl_module)
-                self.exported_to = str(export_checkpoint(decision.chosen.path, self.export_dir, module_cls=cls,
-                                                         overwrite=True))
-                rank_zero_info(f"RLReadinessSelector: exported {decision.chosen.path} to {self.exported_to}")
+                self.exported_to = self._export(decision, pl_module)
             trainer.strategy.barrier("rl_readiness_export")
         if trainer.is_global_zero:
             self._write(trainer, decision)
+
+    def _export(self, decision: Decision, pl_module: LightningModule) -> str:
+        """The chosen candidate as an HF directory; with no candidate (a run shorter than the first
+        measurement), the final weights, with a warning."""
+        if decision.chosen is None or decision.chosen.path is None:
+            export = getattr(pl_module, "export_hf", None)
+            if export is None:
+                raise RuntimeError(f"RLReadinessSelector: no candidate to export ({decision.reason}) and "
+                                   f"{type(pl_module).__name__} has no export_hf for the final weights")
+            rank_zero_warn(f"RLReadinessSelector: no entropy measurement before fit ended ({decision.reason}); "
+                           f"exporting the FINAL weights to {self.export_dir} (no entropy-based choice was made)")
+            return str(export(self.export_dir))
+        from ring_lightning.callbacks.export import export_checkpoint
+
+        cls = self.module_cls or type(pl_module)
+        out = str(export_checkpoint(decision.chosen.path, self.export_dir, module_cls=cls, overwrite=True))
+        rank_zero_info(f"RLReadinessSelector: exported {decision.chosen.path} to {out}")
+        return out
 
     # ---- decision, files --------------------------------------------------------------------
     def decide(self, warn: bool = False) -> Decision:

@@ -17,7 +17,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 
 from ring_lightning.callbacks.stage_transition import get_knob
 
-from ring_lightning.models.export import META_FILE  # noqa: E402  (one definition: models/export.py)
+from ring_lightning.models.export import META_FILE, sft_token_count  # noqa: E402  (one definition)
 
 
 def read_sft_tokens(source: str | Path) -> int:
@@ -31,8 +31,8 @@ def read_sft_tokens(source: str | Path) -> int:
         raise FileNotFoundError(f"TokenEfficiency: no SFT token record at {path}; point sft_source at the SFT "
                                 f"export directory (with {META_FILE}), rl_readiness.json or the SFT .ckpt")
     if path.suffix == ".ckpt" or path.is_dir():  # a checkpoint file or an FSDP2 checkpoint directory
-        value = checkpoint_metadata(path).get("sft_tokens_seen")  # trusted: our own checkpoint
-        where = f"{path} ['sft_tokens_seen']"
+        value, key = sft_token_count(checkpoint_metadata(path), str(path))  # trusted: our own checkpoint
+        where = f"{path} [{key!r}]"
     else:
         try:
             data = json.loads(path.read_text())
@@ -41,8 +41,8 @@ def read_sft_tokens(source: str | Path) -> int:
         if isinstance(data.get("chosen"), dict):  # rl_readiness.json
             value, where = data["chosen"].get("sft_tokens"), f"{path} ['chosen']['sft_tokens']"
         else:
-            value = data.get("sft_tokens_seen", data.get("sft_tokens"))
-            where = f"{path} ['sft_tokens_seen']"
+            value, key = sft_token_count(data, str(path))
+            where = f"{path} [{key or 'sft_loss_tokens_seen'!r}]"
     if not isinstance(value, (int, float)) or isinstance(value, bool) or math.isnan(value) or value <= 0:
         raise ValueError(f"TokenEfficiency: {where} must be a positive SFT token count, got {value!r}")
     return int(value)

@@ -3,6 +3,10 @@
 Each raw row is validated by `ring_lightning.rows.parse_row`. `load_prompts(..., skip_bad_rows=True)`
 skips bad rows instead (invalid JSON lines and duplicate ids too), logs each one with its file and
 row, and reports them in `skipped`; a file whose every row is bad is still an error.
+
+Peers' files load as they are: a row without `id` gets its row index (stable across runs, as long as
+the file is unchanged), a row without `domain` the source's default `domain`, and `fields` maps the
+file's columns onto the schema (TRL / verl: `{answer: reward_model.ground_truth}`); docs/data_formats.md.
 """
 
 from __future__ import annotations
@@ -13,7 +17,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from ring_lightning.rows import BAD_ROW_HINT, DOMAINS, REQUIRED_FIELD, ROLES, PromptRow, PromptRowError, parse_row
+from ring_lightning.rows import (BAD_ROW_HINT, DOMAINS, REQUIRED_FIELD, ROLES, PromptRow, PromptRowError,
+                                 check_fields, parse_row)
 
 __all__ = ["BAD_ROW_HINT", "DOMAINS", "REQUIRED_FIELD", "ROLES", "PromptRow", "PromptRowError", "parse_row",
            "iter_raw_rows", "load_prompts"]
@@ -74,8 +79,8 @@ def _iter_raw(path: str | Path) -> Iterator[tuple[int, dict[str, Any] | PromptRo
         raise ValueError(f"{path}: unsupported prompt file type {path.suffix!r} (use .jsonl, .parquet or a datasets dir)")
 
 
-def load_prompts(path: str | Path, *, skip_bad_rows: bool = False,
-                 skipped: list[str] | None = None) -> list[PromptRow]:
+def load_prompts(path: str | Path, *, skip_bad_rows: bool = False, skipped: list[str] | None = None,
+                 domain: str | None = None, fields: Mapping[str, str] | None = None) -> list[PromptRow]:
     """Load and validate every row of a prompt file (rows are numbered from 0, blank lines counted).
 
     Args:
@@ -83,10 +88,17 @@ def load_prompts(path: str | Path, *, skip_bad_rows: bool = False,
         skip_bad_rows: skip malformed rows (schema errors, invalid JSON lines, repeated ids) instead of
             raising on the first; each is logged as a warning naming the file and row.
         skipped: if given, the error message of every skipped row is appended to it.
+        domain: the domain of rows without a `domain` (one of DOMAINS); None = every row names its own.
+        fields: {schema field: the file's column}, dotted for nested columns, e.g. {"answer": "solution"}.
+            A row without `id` is always given its row index as id.
 
     Raises:
         PromptRowError: the first bad row (without `skip_bad_rows`), or every row bad (with it).
+        ValueError: `domain` or `fields` is not valid (before any row is read).
     """
+    if domain is not None and domain not in DOMAINS:
+        raise ValueError(f"prompt file {path}: default domain {domain!r} is not one of {', '.join(DOMAINS)}")
+    fields = check_fields(fields, f"prompt file {path}: fields")
     rows: list[PromptRow] = []
     errors: list[str] = []
     first_at: dict[str, int] = {}
@@ -94,7 +106,7 @@ def load_prompts(path: str | Path, *, skip_bad_rows: bool = False,
         try:
             if isinstance(raw, PromptRowError):
                 raise raw
-            row = parse_row(raw, f"{path} row {i}")
+            row = parse_row(raw, f"{path} row {i}", default_id=str(i), default_domain=domain, fields=fields)
             if row.id in first_at:
                 raise PromptRowError(f"{path} row {i}: duplicate id {row.id!r} (first at row {first_at[row.id]}); "
                                      "ids must be unique within a file")

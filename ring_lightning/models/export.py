@@ -2,8 +2,9 @@
 
 Ring-lite (arXiv 2506.14731, §3–4) chains stages: long-CoT SFT, reasoning RL, general RL; each stage
 starts from the previous one's weights. We pass the policy on as an HF-format directory (what
-`load_policy` and vLLM load) plus `ring_lightning_meta.json` with the token counters the
-token-efficiency callback reads (the report tracks SFT vs RL token budgets; the file is ours).
+`load_policy` and vLLM load; for BailingMoe with its model code and `auto_map`, docs/exports.md)
+plus `ring_lightning_meta.json` with the token counters the token-efficiency callback reads (the
+report tracks SFT vs RL token budgets; the file is ours).
 """
 
 from __future__ import annotations
@@ -17,8 +18,27 @@ from typing import Any
 META_FILE = "ring_lightning_meta.json"
 
 
+SFT_TOKEN_KEYS = ("sft_loss_tokens_seen", "sft_tokens", "sft_tokens_seen")  # preferred first
+
+
+def sft_token_count(data: dict[str, Any], where: str) -> tuple[Any, str | None]:
+    """(value, key) of the SFT token count in a meta / checkpoint dict: the trained (loss) tokens, which
+    is what RL's numerator counts. An older record with only `sft_tokens_seen` (prompts included)
+    is read with a warning: its token efficiency is understated."""
+    for key in SFT_TOKEN_KEYS:
+        if key in data:
+            if key == "sft_tokens_seen":
+                import warnings
+
+                warnings.warn(f"{where} has only 'sft_tokens_seen' (every SFT token, prompts included), no "
+                              "'sft_loss_tokens_seen': token efficiency uses it as the denominator and is understated; "
+                              "re-export the SFT checkpoint to record the loss tokens", UserWarning, stacklevel=3)
+            return data[key], key
+    return None, None
+
+
 def read_sft_tokens(path: Path) -> int:
-    """SFT tokens recorded by the SFT export (`ring_lightning_meta.json`), 0 when absent."""
+    """SFT (loss) tokens recorded by the SFT export (`ring_lightning_meta.json`), 0 when absent."""
     meta = path / META_FILE
     if not meta.is_file():
         return 0
@@ -26,9 +46,11 @@ def read_sft_tokens(path: Path) -> int:
         data = json.loads(meta.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{meta}: invalid JSON ({e}); re-export the SFT checkpoint or delete the file") from None
-    value = data.get("sft_tokens_seen", data.get("sft_tokens", 0))
+    value, key = sft_token_count(data, str(meta))
+    if value is None:
+        return 0
     if not isinstance(value, (int, float)) or math.isnan(value):
-        raise ValueError(f"{meta}: 'sft_tokens_seen' must be a number, got {value!r}")
+        raise ValueError(f"{meta}: {key!r} must be a number, got {value!r}")
     return int(value)
 
 
@@ -59,7 +81,7 @@ def export_policy(module: Any, directory: str | Path, dtype: str | None = None) 
         cpu.to(to_dtype(dtype) if dtype else cpu.dtype).save_pretrained(str(out))
         module.tokenizer.save_pretrained(str(out))
         tmp = out / f".tmp-{META_FILE}"  # never a half-written meta file
-        tmp.write_text(json.dumps({"sft_tokens_seen": module.sft_tokens, "rl_tokens_trained": module.rl_tokens_trained,
+        tmp.write_text(json.dumps({"sft_loss_tokens_seen": module.sft_tokens, "rl_tokens_trained": module.rl_tokens_trained,
                                    "rl_tokens_generated": module.rl_tokens_generated}) + "\n")
         os.replace(tmp, out / META_FILE)
     if trainer is not None:

@@ -5,7 +5,8 @@ shared experts). The report does not give the router regularisation used during 
 (no load-balance or z-loss coefficient is stated), so we choose: a Switch-Transformer load-balance
 loss (Fedus et al. 2021, eq. 4-6) and an ST-MoE router z-loss (Zoph et al. 2022, eq. 5), with small
 default coefficients 1e-5 and 1e-7 (config fields `router_aux_loss_coef`, `router_z_loss_coef`), so
-they watch for collapse without pulling the policy away from the distilled/RL objective.
+they watch for collapse without pulling the policy away from the distilled/RL objective. The two
+losses live in `remote_code/routing_bailing_moe.py` (exports carry them); they are re-exported here.
 
 Choices and details: docs/design.md#models-router-losses.
 """
@@ -16,6 +17,12 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+
+from ring_lightning.models.remote_code.routing_bailing_moe import (compute_dtype, flat_token_mask, load_balance_loss,
+                                                                  router_z_loss)
+
+__all__ = ["load_balance_loss", "router_z_loss", "expert_load", "load_imbalance", "router_aux_losses", "num_experts",
+           "top_k"]
 
 DEFAULT_AUX_LOSS_COEF = 1e-5
 DEFAULT_Z_LOSS_COEF = 1e-7
@@ -52,53 +59,6 @@ def top_k(model: nn.Module) -> int:
     raise ValueError(f"{type(model).__name__}'s config has none of {_TOP_K_FIELDS}; cannot tell the router top-k")
 
 
-def _compute_dtype(logits: torch.Tensor) -> torch.dtype:
-    """float32 for 16/32-bit router logits, float64 for float64 ones."""
-    return torch.promote_types(logits.dtype, torch.float32)
-
-
-def _flat_mask(token_mask: torch.Tensor | None, n_tokens: int, device: torch.device,
-               dtype: torch.dtype = torch.float32) -> torch.Tensor | None:
-    if token_mask is None:
-        return None
-    mask = token_mask.reshape(-1).to(device=device, dtype=dtype)  # [B*T]
-    if mask.numel() != n_tokens:
-        raise ValueError(f"token_mask has {mask.numel()} entries but router logits have {n_tokens} rows; "
-                         "pass the [B, T] mask of the same batch (1 = real token)")
-    return mask
-
-
-def load_balance_loss(router_logits: Sequence[torch.Tensor], top_k: int,
-                      token_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Switch load-balance loss averaged over layers (1.0 = uniform). Args: logits [B*T, E] per layer."""
-    losses = []
-    for logits in router_logits:
-        n, e = logits.shape
-        dt = _compute_dtype(logits)
-        probs = torch.softmax(logits.to(dt), dim=-1)  # [N, E]
-        chosen = torch.topk(probs, top_k, dim=-1).indices  # [N, K]
-        mask = _flat_mask(token_mask, n, logits.device, dt)
-        weight = torch.ones(n, device=logits.device, dtype=dt) if mask is None else mask  # [N]
-        total = weight.sum().clamp_min(1.0)
-        counts = torch.zeros(e, device=logits.device, dtype=dt).scatter_add_(
-            0, chosen.reshape(-1), weight.repeat_interleave(top_k))  # [E]
-        frac_tokens = counts / (total * top_k)  # [E], sums to 1
-        mean_prob = (probs * weight[:, None]).sum(0) / total  # [E]
-        losses.append(e * (frac_tokens * mean_prob).sum())
-    return torch.stack(losses).mean()
-
-
-def router_z_loss(router_logits: Sequence[torch.Tensor], token_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """ST-MoE router z-loss `mean_tokens(logsumexp(logits)^2)`, averaged over layers."""
-    losses = []
-    for logits in router_logits:
-        dt = _compute_dtype(logits)
-        z = torch.logsumexp(logits.to(dt), dim=-1).square()  # [N]
-        mask = _flat_mask(token_mask, logits.shape[0], logits.device, dt)
-        losses.append(z.mean() if mask is None else (z * mask).sum() / mask.sum().clamp_min(1.0))
-    return torch.stack(losses).mean()
-
-
 @torch.no_grad()
 def expert_load(router_logits: Sequence[torch.Tensor], top_k: int,
                 token_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -109,9 +69,9 @@ def expert_load(router_logits: Sequence[torch.Tensor], top_k: int,
     rows = []
     for logits in router_logits:
         n, e = logits.shape
-        dt = _compute_dtype(logits)
+        dt = compute_dtype(logits)
         chosen = torch.topk(logits.to(dt), top_k, dim=-1).indices  # [N, K] (softmax keeps the order)
-        mask = _flat_mask(token_mask, n, logits.device, dt)
+        mask = flat_token_mask(token_mask, n, logits.device, dt)
         weight = torch.ones(n, device=logits.device, dtype=dt) if mask is None else mask  # [N]
         rows.append(torch.zeros(e, device=logits.device, dtype=dt).scatter_add_(
             0, chosen.reshape(-1), weight.repeat_interleave(top_k)))  # [E]

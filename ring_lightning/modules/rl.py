@@ -3,11 +3,13 @@
 Ring-lite (arXiv 2506.14731, §3.1–3.2, Eq. 1–6): K responses per prompt, group-normalised
 advantages, a clipped token-level surrogate with KL and entropy terms, MoE router load-balance
 (1e-5) and z-loss (1e-7); C3PO fixes the training tokens per step at Φ (`rl/objectives/c3po.py`).
-One Lightning batch is one rollout (manual optimisation): sample after the last weight sync
+One Lightning batch is one update (manual optimisation): sample after the last weight sync
 (on-policy), π_ref / π_old logprobs, gradients accumulated over micro-batches (each backpropagates its
 exact share of the step's loss), `ppo_epochs` optimizer steps, weight sync into the engine and the
-parity probe, metrics. π_old of a one-epoch step is the current policy detached (bit-identical to a
-separate pass, which `recompute_old_logprobs` forces). Non-finite steps are skipped
+parity probe, metrics. With the data module's `updates_per_rollout` = N one rollout feeds N
+batches (disjoint Φ selections, π_old = the sampling policy, so the clip acts). π_old of a fresh
+response is the current policy detached (bit-identical to a separate pass, which
+`recompute_old_logprobs` forces). Non-finite steps are skipped
 (`modules/nonfinite.py`); checkpoints hold RNG states for exact resume. Held-out evaluation:
 `modules/rl_eval.py`. Choices where the report is silent: docs/design.md#rl-module.
 """
@@ -34,7 +36,7 @@ from ring_lightning.models.export import export_policy, read_sft_tokens
 from ring_lightning.modules.nonfinite import NonFiniteGuard
 from ring_lightning.modules.optim import build_optimizer, warmup_constant
 from ring_lightning.modules.rng_state import KEY as RNG_KEY, collect_rng_states, restore_rng_states
-from ring_lightning.rl.losses import token_logprobs_and_entropy
+from ring_lightning.rl.logits import masked_logprobs_and_entropy
 from ring_lightning.rl.objectives import C3PO, Objective
 from ring_lightning.rollout.parity import SyncParityProbe
 
@@ -195,13 +197,9 @@ class RLModule(L.LightningModule):
 
     # ------------------------------------------------------------------------------ training
     def _forward(self, model: torch.nn.Module, mb, with_aux: bool = False):
-        kwargs: dict[str, Any] = dict(input_ids=mb.input_ids, attention_mask=mb.attention_mask,
-                                      position_ids=mb.position_ids, use_cache=False)
-        if with_aux and num_experts(model) > 0:
-            kwargs["output_router_logits"] = True
-        out = model(**kwargs)
-        logp, ent = token_logprobs_and_entropy(out.logits, mb.target_ids)
-        return out, logp, ent
+        """Logprobs / entropy at the loss positions (0 elsewhere), head applied in chunks: no [B, T, V]
+        logits (`rl/logits.py`); `out` carries the router logits for the aux losses when with_aux."""
+        return masked_logprobs_and_entropy(model, mb, with_aux=with_aux)
 
     @torch.no_grad()
     def _logprobs(self, model: torch.nn.Module, mbs) -> list[torch.Tensor]:

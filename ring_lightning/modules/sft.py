@@ -176,7 +176,7 @@ class SFTModule(L.LightningModule):
                                     seed=self.seed, **self.model_overrides)
         if self.activation_checkpointing:
             policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        self.policy = policy
+        self.policy = policy.train()  # from_pretrained returns eval mode (a loaded checkpoint would train without dropout)
 
     def _forward(self, batch: PackedBatch) -> tuple[torch.Tensor, torch.Tensor, dict, torch.Tensor | None]:
         """Summed CE over the batch's targets, its count, router aux losses and expert load [L, E]."""

@@ -51,7 +51,7 @@ DEFAULT_BINARY_ANSWERS = ["true", "false", "yes", "no", "t", "f", "correct", "in
                           "正确", "错误", "是", "否"]
 DEFAULT_INVALID_ANSWERS = ["", "none", "n/a", "na", "null", "nan", "unknown", "-", "?", "see solution",
                            "see below", "see explanation", "proof", "omitted", "no answer", "无", "略"]
-ANSWER_DOMAINS = ("math", "science", "logic")
+ANSWER_DOMAINS = ("math", "science")  # logic rows are verified from `meta` (rows.REQUIRED_FIELD)
 _UNICODE_SPACES = re.compile(r"[\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]")
 _ZERO_WIDTH = re.compile(r"[\u200b\u200c\u200d\u2060\ufeff]")
 _INNER_SPACES = re.compile(r"(?<=\S)[ \t]{2,}(?=\S)")
@@ -83,7 +83,7 @@ class Cleaner:
         binary_answers: gold answers (case-insensitive, `$`/`\\boxed{}`/`\\text{}` stripped) that
             make a row a true/false or yes/no item.
         invalid_answers: gold answers (same normalisation) that count as "no valid answer" for
-            the answer domains (math, science, logic).
+            the answer domains (math, science; logic verifiers read `meta`).
     """
 
     name = "clean"

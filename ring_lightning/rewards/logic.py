@@ -11,8 +11,8 @@ Answer extraction: the last ``<answer>…</answer>`` of the response, else its l
 Nothing is evaluated: Countdown is scored by `countdown.py`'s AST evaluator instead of
 reasoning-gym's scorer (which runs sympy's `parse_expr`, i.e. `eval`, on the model's string).
 
-Built-in verifiers (rule-based, in `countdown.py` / `logic_rules.py`) for the row formats in
-docs/rewards.md: countdown (``numbers``, ``target``, ``division`` exact|real, ``numbers_rule``
+Built-in verifiers (rule-based: `countdown.py`, `sudoku.py`, `logic_rules.py`) for the row formats
+in docs/rewards.md: countdown (``numbers``, ``target``, ``division`` exact|real, ``numbers_rule``
 exactly_once|at_most_once), sudoku / mini_sudoku (``puzzle``: valid by the rules, givens kept),
 maze_path (``grid``, moves U/D/L/R), arc (``output``: exact grid). Other reasoning-gym tasks
 (``rg_entry``) use its scorer; ``answer`` is never used for scoring.
@@ -30,11 +30,12 @@ from ring_lightning.rows import PromptRow
 from ring_lightning.rewards.base import RewardResult
 from ring_lightning.rewards.countdown import DIVISION, NUMBERS_RULES, score_countdown
 from ring_lightning.rewards.extraction import last_boxed, last_tagged
-from ring_lightning.rewards.logic_rules import (check_puzzle, maze_cells, verify_grid,
-                                                verify_maze_path, verify_sudoku)
+from ring_lightning.rewards.logic_rules import maze_cells, verify_grid, verify_maze_path
+from ring_lightning.rewards.sudoku import check_puzzle, sudoku_for
 
 RULE_TASKS = ("countdown", "sudoku", "mini_sudoku", "maze_path", "arc")
 TASKS = RULE_TASKS + ("maze", "arc_1d", "rearc", "arc_agi")
+SUDOKU_TASKS = ("sudoku", "mini_sudoku")
 RG_TASKS = ("countdown", "sudoku", "mini_sudoku", "maze", "arc_1d", "rearc", "arc_agi")  # make_logic_rows
 ANSWER_INSTRUCTION = "\n\nGive your final answer inside <answer></answer> tags."
 _TUPLE_GRIDS = {"rearc": ("input", "output"), "arc_agi": ("input", "output")}
@@ -96,7 +97,7 @@ def _validate_countdown(meta: dict[str, Any], where: str) -> None:
 
 
 def _validate_rule_task(task: str, meta: dict[str, Any], where: str) -> None:
-    if task in ("sudoku", "mini_sudoku"):
+    if task in SUDOKU_TASKS:
         why = check_puzzle(meta.get("puzzle"), where)
         if why:
             raise LogicRowError(why)
@@ -133,7 +134,7 @@ def validate_logic_meta(row: PromptRow, where: str) -> None:
         raise LogicRowError(f"{where}: meta.task must be one of {TASKS}, got {task!r}")
     if task == "countdown":
         return _validate_countdown(meta, where)
-    if task in ("sudoku", "mini_sudoku") and "puzzle" not in meta and _puzzle(meta) is not None:
+    if task in SUDOKU_TASKS and "puzzle" not in meta and _puzzle(meta) is not None:
         return _validate_rule_task(task, {"puzzle": _puzzle(meta)}, where)
     if task in RULE_TASKS:
         return _validate_rule_task(task, meta, where)
@@ -178,20 +179,22 @@ class LogicReward:
         validate_logic_meta(row, where)
 
     def score_one(self, row: PromptRow, response: str) -> RewardResult:
-        try:
-            validate_logic_meta(row, f"row {row.id!r}")
-        except LogicRowError as e:
-            return RewardResult(0.0, valid=False, info={"error": str(e)})
-        meta = row.meta
-        task = meta["task"]
+        meta = row.meta or {}
+        task = meta.get("task")
+        sudoku = sudoku_for(_puzzle(meta)) if task in SUDOKU_TASKS else None  # compiled once per puzzle
+        if sudoku is None:
+            try:
+                validate_logic_meta(row, f"row {row.id!r}")
+            except LogicRowError as e:
+                return RewardResult(0.0, valid=False, info={"error": str(e)})
         answer = extract_logic_answer(response)
         info: dict[str, Any] = {"task": task, "extracted": None if answer is None else answer[:200]}
         if not answer:
             return RewardResult(0.0, info={**info, "reason": "no <answer> or \\boxed{} answer"})
         if len(answer) > self.max_answer_chars:
             return RewardResult(0.0, info={**info, "reason": "answer too long"})
-        if task in RULE_TASKS or _puzzle(meta) is not None:
-            ok, why = self._rule_verdict(task, meta, answer)
+        if sudoku is not None or task in RULE_TASKS:  # (a valid Sudoku row always compiles)
+            ok, why = sudoku.verify(answer) if sudoku is not None else self._rule_verdict(task, meta, answer)
             return RewardResult(1.0 if ok else 0.0, info={**info, **({"reason": why} if why else {})})
         entry = _restore_entry(task, meta["rg_entry"])
         score = float(_scorer(task, _config_key(meta.get("rg_config"))).score_answer(answer, entry))
@@ -204,8 +207,6 @@ class LogicReward:
                                                                             == "exactly_once") else "at_most_once")
             return score_countdown(answer, meta["numbers"], meta["target"], rule == "exactly_once",
                                    meta.get("division", self.countdown_division))
-        if task in ("sudoku", "mini_sudoku"):
-            return verify_sudoku(answer, _puzzle(meta))
         if task == "maze_path":
             wall = meta.get("wall", "#")
             start, end = maze_cells(meta["grid"], meta.get("start"), meta.get("end"), wall)

@@ -1,4 +1,4 @@
-"""Rule-based verifiers for grid logic answers: Sudoku by its rules, a maze path, an exact grid.
+"""Rule-based verifiers for grid logic answers: a maze path, an exact grid (Sudoku: `sudoku.py`).
 
 Each checks the answer against the puzzle's rules, not against a reference solution, so a valid
 alternative solution of an open puzzle scores 1. Answers are parsed as text (digits and move
@@ -7,7 +7,6 @@ letters); nothing is evaluated. Verifiers return (correct, reason); the reason i
 
 from __future__ import annotations
 
-import math
 import re
 from collections import deque
 
@@ -30,43 +29,6 @@ def parse_grid(text: str) -> list[list[int]] | None:
             return None
         grid.append([int(c) for c in cells])
     return grid or None
-
-
-def check_puzzle(puzzle: object, where: str) -> str | None:
-    """Why `puzzle` is not an n x n Sudoku (n a square; 0 = empty), or None."""
-    if not (isinstance(puzzle, list) and puzzle and all(isinstance(r, list) for r in puzzle)):
-        return f"{where}: meta.puzzle must be a list of rows of integers (0 = empty)"
-    n = len(puzzle)
-    box = math.isqrt(n)
-    if box * box != n or any(len(r) != n for r in puzzle):
-        return f"{where}: meta.puzzle must be n x n with n a square (4, 9, 16), got {n} rows"
-    if not all(type(v) is int and 0 <= v <= n for r in puzzle for v in r):
-        return f"{where}: meta.puzzle cells must be integers 0..{n}"
-    return None
-
-
-def verify_sudoku(answer: str, puzzle: list[list[int]]) -> tuple[bool, str]:
-    """Every row, column and box holds 1..n once, and every given of `puzzle` is kept."""
-    n = len(puzzle)
-    box = math.isqrt(n)
-    grid = parse_grid(answer)
-    if grid is None and re.fullmatch(r"[\d\s]+", answer.strip()) and len(re.sub(r"\s", "", answer)) == n * n:
-        digits = [int(c) for c in re.sub(r"\s", "", answer)]  # 81 digits in a row
-        grid = [digits[i * n:(i + 1) * n] for i in range(n)]
-    if grid is None or len(grid) != n or any(len(r) != n for r in grid):
-        return False, f"not a {n}x{n} grid of numbers"
-    full = list(range(1, n + 1))
-    boxes = [[grid[r][c] for r in range(r0, r0 + box) for c in range(c0, c0 + box)]
-             for r0 in range(0, n, box) for c0 in range(0, n, box)]
-    for kind, units in (("row", grid), ("column", list(zip(*grid))), ("box", boxes)):
-        for i, unit in enumerate(units):
-            if sorted(unit) != full:
-                return False, f"{kind} {i + 1} does not hold 1..{n} once each"
-    for r in range(n):
-        for c in range(n):
-            if puzzle[r][c] and grid[r][c] != puzzle[r][c]:
-                return False, f"given at row {r + 1}, column {c + 1} changed ({puzzle[r][c]} -> {grid[r][c]})"
-    return True, ""
 
 
 def parse_moves(answer: str) -> list[str] | None:

@@ -139,6 +139,7 @@ def select_budget(
     overflow: Overflow = "drop",
     eligible: Sequence[bool] | None = None,
     n_carried_in: int = 0,
+    carry_cap: int | None = None,
 ) -> BudgetPlan:
     """Select exactly `phi` response tokens for one C3PO optimizer step.
 
@@ -152,6 +153,10 @@ def select_budget(
         eligible: per response, False to never select it (e.g. invalid samples). Default all True.
         n_carried_in: the first `n_carried_in` responses were carried over from the previous step
             and are taken first, in their given order.
+        carry_cap: with overflow="carry", the most tokens the carried responses may hold (whole
+            responses in fill order until the next would pass it; the rest are dropped). None = no
+            cap. A cap below `phi` keeps fresh responses in every step: uncapped leftovers >= Φ
+            would make every later step train only on one-step-old responses.
 
     Returns:
         The plan. Its pieces sum to exactly `phi` tokens unless `plan.need_more`.
@@ -190,7 +195,13 @@ def select_budget(
         if take < lengths[i]:
             dropped.append(i)  # truncated: its tail is discarded
     if overflow == "carry":
-        carried = unused
+        carried, held = [], 0
+        for i in unused:
+            if carry_cap is not None and held + lengths[i] > carry_cap:
+                dropped.append(i)
+                continue
+            carried.append(i)
+            held += lengths[i]
     else:
         carried, dropped = [], dropped + unused
     return BudgetPlan(pieces=tuple(pieces), budget=phi, shortfall=max(phi - total, 0),

@@ -36,19 +36,29 @@ def launch(*commands: list[str], timeout: float = 600, env: dict | None = None) 
     return results
 
 
-def test_help_lists_subcommands_and_options():
-    top, fit, model = launch(["--help"], ["fit", "--help"],
-                             ["fit", "--model.help", "ring_lightning.modules.sft.SFTModule"])
+def test_help_lists_subcommands_options_and_the_project_classes_by_short_name():
+    top, fit, model, data, short = launch(["--help"], ["fit", "--help"], ["fit", "--model.help", "SFTModule"],
+                                          ["fit", "--data.help", "RolloutDataModule"],
+                                          ["fit", "--model", "SFTModule", "--data", "SFTDataModule",
+                                           "--data.train=[synthetic:addition]", "--print_config"])
     assert top.returncode == 0, top.stderr
-    for word in ("fit", "validate", "test", "predict", "prepare", "pipeline"):
+    for word in ("fit", "validate", "test", "predict", "prepare", "pipeline", "SFTModule", "RolloutDataModule"):
         assert word in top.stdout
     assert fit.returncode == 0, fit.stderr
-    for option in ("--trainer.max_steps", "--trainer.callbacks", "--model", "--data", "--print_config"):
-        assert option in fit.stdout
+    for option in ("--trainer.max_steps", "--trainer.callbacks", "--model", "--data", "--print_config",
+                   "ring_lightning.modules.sft.SFTModule", "ring_lightning.modules.rl.RLModule",
+                   "ring_lightning.data.sft.SFTDataModule", "ring_lightning.data.rollouts.RolloutDataModule"):
+        assert option in fit.stdout, option
+    assert "short names work" in " ".join(fit.stdout.split())
     assert model.returncode == 0, model.stderr
     # the SFTModule constructor is the schema: its Args docstring becomes the help
     assert "--model.lr" in model.stdout and "peak learning rate" in model.stdout
     assert "--model.mixed_precision" in model.stdout
+    assert data.returncode == 0 and "--data.sources" in data.stdout, data.stderr
+    assert short.returncode == 0, short.stderr
+    config = yaml.safe_load(short.stdout)
+    assert config["model"]["class_path"] == "ring_lightning.modules.sft.SFTModule"
+    assert config["data"]["class_path"] == "ring_lightning.data.sft.SFTDataModule"
 
 
 def test_config_files_compose_and_dotted_overrides_win(tmp_path):
@@ -82,13 +92,19 @@ def test_config_errors_print_one_line_naming_the_key_or_file(tmp_path):
         ["fit", "-c", str(tmp_path / "missing.yaml")],
         ["fit", "-c", str(QUICKSTART), "-c", str(bad_yaml)],
         ["fit", "-c", str(QUICKSTART), "--model.init_args.model=no-such-preset"],
+        ["fit", "-c", str(QUICKSTART), "--trainer.max_step=2"],  # no prefix abbreviations
+        ["fit", "-c", str(QUICKSTART), "--model.init_args.lrr=0.1"],
     )
     expected = [
         "model.init_args.learning_rate: unknown key",
         "trainer.max_steps: Expected a <class 'int'>. Got value: many",
         f"config file not found: {tmp_path / 'missing.yaml'}",
-        "data.init_args.micro_batch_tokenz: unknown key",
+        "data.init_args.micro_batch_tokenz: unknown key (not an argument of ring_lightning.data.sft.SFTDataModule); "
+        "did you mean data.init_args.micro_batch_tokens?",
         "model 'no-such-preset' is neither a preset",
+        "unknown key(s) on the command line: --trainer.max_step=2; did you mean --trainer.max_steps?",
+        "model.init_args.lrr: unknown key (not an argument of ring_lightning.modules.sft.SFTModule); "
+        "did you mean model.init_args.lr?",
     ]
     for run, needle in zip(runs, expected):
         assert run.returncode == 2, (run.args, run.stderr[-2000:])
@@ -109,19 +125,19 @@ def test_fit_runs_with_overrides_and_a_repo_root_callback(tmp_path):
         "--data.init_args.synthetic_val_rows=4", "--data.init_args.shuffle_buffer=0",
         "--trainer.callbacks+=callbacks.throughput.ThroughputLogger",
         "--trainer.callbacks.init_args.output", str(summary),
-    ], env={"RING_LIGHTNING_STAGE_DIR": str(tmp_path / "stage")})  # where the quickstart config puts its logs
+    ])  # the quickstart config's logs follow --trainer.default_root_dir
     assert run.returncode == 0, run.stderr[-4000:]
     # the repo-root plug-in ran: one summary line per training micro-batch
     stats = json.loads(summary.read_text())
     assert stats["batches"] == 2 and stats["tokens"] > 0 and stats["tokens_per_s"] > 0
-    (config_file,) = (tmp_path / "stage").rglob("config.yaml")  # beside the first logger's files
+    (config_file,) = tmp_path.rglob("config.yaml")  # beside the first logger's files, under default_root_dir
     saved = yaml.safe_load(config_file.read_text())
     assert saved["trainer"]["max_steps"] == 2
     assert saved["model"]["init_args"]["lr"] == 0.01 and saved["data"]["init_args"]["micro_batch_tokens"] == 256
     assert yaml.safe_load((config_file.parent / "hparams.yaml").read_text())["lr"] == 0.01  # the module got it
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    (event_file,) = (tmp_path / "stage").rglob("events.out.tfevents.*")
+    (event_file,) = tmp_path.rglob("events.out.tfevents.*")
     events = EventAccumulator(str(event_file.parent))
     events.Reload()
     scalars = events.Tags()["scalars"]
@@ -217,3 +233,38 @@ def test_progress_bar_reads_epoch_without_the_minus_two_of_step_limited_runs(mon
     assert [type(c) for c in found] == [TQDMProgressBar]  # the user's own bar is kept, none added
     trainer, found = bars("--trainer.enable_progress_bar=false")
     assert found == [] and trainer.progress_bar_callback is None
+
+
+def test_save_last_by_default_and_ckpt_path_last_resumes_or_fails_in_one_line(tmp_path):
+    """A config whose ModelCheckpoint does not set save_last still writes last.ckpt; `--ckpt_path last`
+    resumes from it although the new run logs into a new version_N; with no checkpoint it is one error line."""
+    config = yaml.safe_load(QUICKSTART.read_text())
+    config["trainer"].update({
+        "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                       "init_args": {"every_n_train_steps": 1, "save_top_k": 0}}],
+        "logger": [{"class_path": "lightning.pytorch.loggers.CSVLogger",
+                    "init_args": {"save_dir": str(tmp_path / "run"), "name": "csv"}}],
+        "limit_val_batches": 0, "enable_progress_bar": False, "default_root_dir": str(tmp_path / "run")})
+    config["data"]["init_args"].update({"micro_batch_tokens": 256, "synthetic_train_rows": 64, "shuffle_buffer": 0})
+    path = tmp_path / "sft.yaml"
+    path.write_text(yaml.safe_dump(config))
+    first, fresh = launch(["fit", "-c", str(path), "--trainer.max_steps=2"],
+                          ["fit", "-c", str(path), "--trainer.default_root_dir", str(tmp_path / "fresh"),
+                           "--trainer.logger=false", "--ckpt_path", "last"])
+    assert first.returncode == 0, first.stderr[-3000:]
+    last = tmp_path / "run" / "csv" / "version_0" / "checkpoints" / "last.ckpt"
+    assert last.exists()
+    assert fresh.returncode == 1, fresh.stderr[-3000:]
+    errors = [line for line in fresh.stderr.splitlines() if line.startswith("ring_lightning: error:")]
+    assert errors == [f"ring_lightning: error: ResumeError: --ckpt_path last: no last checkpoint in {tmp_path}/fresh/"
+                      "checkpoints (no checkpoint there yet). Pass a checkpoint file as --ckpt_path, or drop "
+                      "--ckpt_path to start from step 0 (RING_LIGHTNING_DEBUG=1 shows the traceback)"]
+    assert "Traceback" not in fresh.stderr
+    (resumed,) = launch(["fit", "-c", str(path), "--trainer.max_steps=3", "--ckpt_path", "last"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"Restored all states from the checkpoint at {last}" in resumed.stderr
+    import csv
+
+    with (tmp_path / "run" / "csv" / "version_1" / "metrics.csv").open() as f:
+        steps = sorted({int(r["step"]) for r in csv.DictReader(f) if r.get("train/loss")})
+    assert steps == [2]  # only the third optimizer step ran: steps 0 and 1 came from the checkpoint

@@ -40,6 +40,10 @@ FAKE_STAGE = textwrap.dedent('''
     else:
         (root / "export").mkdir(parents=True, exist_ok=True)
         (root / "export" / "config.json").write_text(json.dumps({"stage": name}))
+    if name == "rl_reasoning":  # what StageTransition(handoff: stop) writes when its plateau rule fires
+        (root / "stage_transition.json").write_text(json.dumps({"stages": ["reasoning", "general"], "handoff": "stop",
+            "triggers": ["plateau"], "end": None, "transitions": [{"step": 17, "from": "reasoning", "to": "general",
+            "rule": ["plateau"], "reason": "reward/mean smoothed 0.61 not improved", "signals": {"reward/mean": 0.6}}]}))
 ''')
 
 
@@ -74,6 +78,22 @@ def setup(tmp_path, monkeypatch):
     return tmp_path, yaml, read_calls
 
 
+def test_the_stage_move_decided_by_the_callback_is_recorded_printed_and_reported(setup, capsys):
+    from ring_lightning.report import build_report
+
+    tmp, yaml, calls = setup
+    assert main(["-c", str(yaml)]) == 0
+    state = json.loads((tmp / "run" / STATE_FILE).read_text())
+    move = state["stages"]["rl_reasoning"]["outputs"]["transition"]["transitions"][0]
+    assert move["step"] == 17 and move["rule"] == ["plateau"] and move["signals"] == {"reward/mean": 0.6}
+    assert "transition" not in state["stages"]["rl_general"]["outputs"]  # that stage wrote no record
+    out = capsys.readouterr().out
+    assert "rl_reasoning: stage move reasoning -> general at step 17 by rule plateau" in out
+    report = build_report(tmp / "run").read_text()
+    assert "## Stage moves" in report and "**rl_reasoning**: stage move reasoning -> general at step 17" in report
+    assert "reward/mean = 0.6" in report
+
+
 def test_stages_run_in_order_passing_each_export_forward(setup):
     tmp, yaml, calls = setup
     assert main(["-c", str(yaml)]) == 0
@@ -93,7 +113,7 @@ def test_stages_run_in_order_passing_each_export_forward(setup):
     assert state["stages"]["sft"]["outputs"]["sft_tokens"] == 1234 and state["stages"]["sft"]["outputs"]["chosen_step"] == 4
     # the SFT token count travels with the export (RLModule / TokenEfficiency read it there)
     meta = json.loads((run / "sft" / "rl_readiness" / "export" / "ring_lightning_meta.json").read_text())
-    assert meta["sft_tokens_seen"] == 1234
+    assert meta["sft_loss_tokens_seen"] == 1234
     # a second run has nothing left to do
     assert main(["-c", str(yaml)]) == 0 and len(calls()) == 3
 

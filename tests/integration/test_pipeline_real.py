@@ -74,14 +74,17 @@ def test_real_sft_then_rl_pipeline_with_evaluation_and_report(tmp_path):
     decision = json.loads((run / "sft" / "rl_readiness" / "rl_readiness.json").read_text())
     assert decision["chosen"]["path"] and decision["exported_to"] == str((run / "sft" / "export").resolve())
     assert rl["init_model"] == sft_out["model"]
+    # rl_reasoning.yaml's StageTransition (handoff: stop) recorded that the 1-step cap came before any rule
+    move = rl["outputs"]["transition"]
+    assert move["transitions"] == [] and move["end"]["rule"] is None and "max_steps=1" in move["end"]["reason"]
     sft_ckpt = torch.load(sft_out["checkpoint"], map_location="cpu", weights_only=False)
-    sft_tokens = sft_ckpt["sft_tokens_seen"]
+    sft_tokens = sft_ckpt["sft_loss_tokens_seen"]  # the token-efficiency denominator: trained (loss) tokens
     assert sft_tokens > 0 and sft_out["sft_tokens"] == sft_tokens
     rl_ckpt = torch.load(run / "rl" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert rl_ckpt["c3po"]["sft_tokens"] == sft_tokens and rl_ckpt["c3po"]["rl_tokens_trained"] == 16
     final = Path(state["final_model"])
-    assert json.loads((final / "ring_lightning_meta.json").read_text())["sft_tokens_seen"] == sft_tokens
-    # CSV (and TensorBoard) logs under the stage directories, via RING_LIGHTNING_STAGE_DIR
+    assert json.loads((final / "ring_lightning_meta.json").read_text())["sft_loss_tokens_seen"] == sft_tokens
+    # CSV (and TensorBoard) logs under the stage directories (the configs' outputs follow default_root_dir)
     (metrics,) = (run / "rl" / "csv").rglob("metrics.csv")
     rows = [r for r in csv.DictReader(metrics.open()) if r.get("token_efficiency")]
     assert len(rows) == 1 and abs(float(rows[0]["token_efficiency"]) - 16 / sft_tokens) < 1e-6

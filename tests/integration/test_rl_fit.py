@@ -24,7 +24,7 @@ VLLM_ENGINE = ("{class_path: ring_lightning.rollout.vllm_engine.VLLMEngine, init
 @pytest.mark.vllm
 @pytest.mark.slow
 def test_quickstart_rl_fit_trains_exactly_phi_tokens_per_step(tiny_sft_export, tmp_path):
-    sft_tokens = json.loads((tiny_sft_export / "ring_lightning_meta.json").read_text())["sft_tokens_seen"]
+    sft_tokens = json.loads((tiny_sft_export / "ring_lightning_meta.json").read_text())["sft_loss_tokens_seen"]
     cmd = [sys.executable, "-m", "ring_lightning", "fit", "-c", "configs/quickstart/rl_reasoning.yaml",
            f"--model.init_args.model={tiny_sft_export}", f"--model.init_args.objective.init_args.token_budget={PHI}",
            "--model.init_args.micro_batch_tokens=1024", "--trainer.max_steps=3",
@@ -33,8 +33,7 @@ def test_quickstart_rl_fit_trains_exactly_phi_tokens_per_step(tiny_sft_export, t
            "--data.init_args.prompts_per_step=4", "--data.init_args.samples_per_prompt=4",
            "--data.init_args.max_response_tokens=48", "--model.init_args.parity=true",
            "--trainer.enable_progress_bar=false", f"--data.init_args.engine={VLLM_ENGINE}"]
-    env = dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="0", VLLM_CPU_KVCACHE_SPACE="1",
-               RING_LIGHTNING_STAGE_DIR=str(tmp_path))
+    env = dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="0", VLLM_CPU_KVCACHE_SPACE="1")
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     rows = list(csv.DictReader(open(next(tmp_path.rglob("metrics.csv")))))
@@ -53,9 +52,9 @@ def test_quickstart_rl_fit_trains_exactly_phi_tokens_per_step(tiny_sft_export, t
     ckpt = torch.load(next(tmp_path.rglob("last.ckpt")), weights_only=False)
     assert ckpt["c3po"]["rl_tokens_trained"] == 3 * PHI and ckpt["c3po"]["engine_weight_version"] == 3
     assert ckpt["RolloutDataModule"]["stage"] == "reasoning"
-    export = tmp_path / "export"  # the config's FitEndExport, under RING_LIGHTNING_STAGE_DIR: the next stage's model
+    export = tmp_path / "export"  # the config's FitEndExport, under default_root_dir: the next stage's model
     meta = json.loads((export / "ring_lightning_meta.json").read_text())
-    assert meta["rl_tokens_trained"] == 3 * PHI and meta["sft_tokens_seen"] == sft_tokens
+    assert meta["rl_tokens_trained"] == 3 * PHI and meta["sft_loss_tokens_seen"] == sft_tokens
     assert (export / "config.json").is_file() and (export / "model.safetensors").is_file()
 
 
@@ -71,7 +70,8 @@ def test_rl_configs_parse(config, capsys, monkeypatch):
     assert "ring_lightning.modules.rl.RLModule" in out
     assert "ring_lightning.data.rollouts.RolloutDataModule" in out and "ring_lightning.rollout." in out
     if "ring_lite_2507" in config:
-        for line in ("token_budget: 104857600", "budget_scope: global", "prompts_per_step: 512", "samples_per_prompt: 16",
+        for line in ("token_budget: 52428800", "updates_per_rollout: 2", "budget_scope: global", "prompts_per_step: 512",
+                     "samples_per_prompt: 16",
                      "lr: 3.0e-06", "max_response_tokens: 24576", "ModelParallelStrategy",
                      "val_check_interval: 50", "eval_samples_per_prompt: 8", "heldout_math.jsonl",
                      "ring_lightning.rollout.vllm_engine.VLLMEngine"):
@@ -92,8 +92,7 @@ def test_two_ddp_ranks_each_with_an_embedded_engine(tiny_sft_export, tmp_path):
            "--data.init_args.max_response_tokens=48", "--model.init_args.parity=true",
            "--trainer.enable_progress_bar=false", f"--data.init_args.engine={VLLM_ENGINE}",
            "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp"]
-    env = dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="0", VLLM_CPU_KVCACHE_SPACE="1", OMP_NUM_THREADS="1",
-               RING_LIGHTNING_STAGE_DIR=str(tmp_path))
+    env = dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="0", VLLM_CPU_KVCACHE_SPACE="1", OMP_NUM_THREADS="1")
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     steps = [r for r in csv.DictReader(open(next(tmp_path.rglob("metrics.csv")))) if r.get("train/loss_tokens")]

@@ -167,5 +167,5 @@ def write_sft_export(out: Path, preset: str = "bailing-tiny", sft_tokens: int = 
     policy, tok = load_policy(preset)
     policy.save_pretrained(str(out))
     tok.save_pretrained(str(out))
-    (out / META_FILE).write_text(json.dumps({"sft_tokens_seen": sft_tokens}))
+    (out / META_FILE).write_text(json.dumps({"sft_loss_tokens_seen": sft_tokens}))
     return out

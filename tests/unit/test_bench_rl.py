@@ -1,8 +1,6 @@
 """The RL benchmark's pure pieces: TRL micro-batch sizing, the reward adapter TRL calls (our router on the
-completion ids), median summaries, and the GPU smoke script's arguments / no-CUDA exit."""
+completion ids), median summaries, system names with thread counts and the shared engine's threads."""
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -13,7 +11,6 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.bench_rl_step import summarize  # noqa: E402
 from benchmarks.bench_trl import RouterRewardFunc, micro_batch_rows  # noqa: E402
-from benchmarks.gpu_smoke import rl_args, sft_args  # noqa: E402
 from ring_lightning.data.synthetic.rl_tasks import rl_task_rows  # noqa: E402
 from ring_lightning.models.loading import load_tokenizer  # noqa: E402
 from ring_lightning.rewards.router import RewardRouter  # noqa: E402
@@ -67,32 +64,6 @@ def test_summarize_takes_medians_after_the_warmup_of_every_run():
         summarize([], warmup=1)
 
 
-def test_gpu_smoke_stops_at_once_without_cuda():
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
-    r = subprocess.run([sys.executable, str(REPO / "benchmarks/gpu_smoke.py")], capture_output=True, text=True,
-                       env=env, cwd=REPO, timeout=300)
-    assert r.returncode == 2
-    assert "needs a CUDA GPU" in r.stderr
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("part", ["sft", "rl"])
-def test_gpu_smoke_arguments_are_valid_configs(part):
-    """The smoke's `fit` arguments parse against the GPU configs (no GPU needed to validate them)."""
-    args = sft_args(layers=3) if part == "sft" else rl_args(layers=3, prompts=16, phi=4096)
-    r = subprocess.run([sys.executable, "-m", "ring_lightning", "fit", *args, "--print_config"], capture_output=True,
-                       text=True, cwd=REPO, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    out = r.stdout
-    assert "num_hidden_layers: 3" in out and "model: ring-lite-2507" in out and "data_parallel_size: 1" in out
-    assert "callbacks: []" in out and "max_steps:" in out
-    if part == "sft":
-        assert "- synthetic:mixed" in out and "val: null" in out and "mixed_precision: bf16" in out
-    else:
-        assert "task: arithmetic_steps" in out and "token_budget: 4096" in out and "prompts_per_step: 16" in out
-        assert "RL_DATA" not in out and ".jsonl" not in out  # no prompt / held-out file is needed
-
-
 def test_system_names_take_an_optional_thread_count():
     import argparse
 
@@ -111,3 +82,31 @@ def test_system_names_take_an_optional_thread_count():
     with torch_threads(before + 1):
         assert torch.get_num_threads() == before + 1
     assert torch.get_num_threads() == before
+
+
+def test_a_reused_shared_engine_takes_each_runs_thread_count(monkeypatch):
+    """The vLLM engine restores the thread count it was built with after every generate / sync; the shared
+    engine must restore the current run's (`name@N`), also after loading the run's weights."""
+    import torch
+
+    from benchmarks.bench_rl_step import torch_threads
+    from benchmarks.shared_engine import SharedEngine
+
+    class FakeEngine:
+        _threads = 1
+
+        def update_weights(self, named):
+            self.loaded = [n for n, _ in named]
+            torch._C.set_num_threads(self._threads)  # as the vLLM engine's sync does
+
+    fake = FakeEngine()
+    monkeypatch.setattr(SharedEngine, "_engine", fake)
+    before = torch.get_num_threads()
+    with torch_threads(before + 1):
+        shared = SharedEngine(torch.nn.Linear(2, 2))
+        assert fake._threads == before + 1 and torch.get_num_threads() == before + 1
+    assert fake.loaded == ["weight", "bias"] and shared.engine is fake
+    assert torch.get_num_threads() == before
+    fake.close = lambda: torch._C.set_num_threads(fake._threads)  # the vLLM engine restores its own count
+    SharedEngine.close_shared()
+    assert SharedEngine._engine is None and torch.get_num_threads() == before

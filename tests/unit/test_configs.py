@@ -78,7 +78,6 @@ def _callbacks(config: dict) -> dict[str, dict]:
 def test_quickstart_sft_alone_selects_and_exports_the_rl_start(monkeypatch):
     """`fit -c sft.yaml` by itself measures entropy, keeps candidates, picks one and exports it."""
     monkeypatch.chdir(REPO)
-    monkeypatch.delenv("RING_LIGHTNING_STAGE_DIR", raising=False)
     config = print_config(REPO / "configs" / "quickstart" / "sft.yaml")
     cbs = _callbacks(config)
     assert cbs["EntropyMonitor"]["synthetic_task"] == "addition" and cbs["EntropyMonitor"]["reward"]
@@ -90,14 +89,22 @@ def test_quickstart_sft_alone_selects_and_exports_the_rl_start(monkeypatch):
 
 
 @pytest.mark.parametrize("name", ["sft", "rl_reasoning", "rl_general"])
-def test_quickstart_stages_log_csv_and_tensorboard_under_the_stage_dir(name, monkeypatch):
+def test_quickstart_stage_outputs_follow_default_root_dir(name, monkeypatch):
+    """Every output path (loggers, exports) derives from trainer.default_root_dir, also when it is
+    overridden on the command line (an experiment never writes into the quickstart's directories)."""
     monkeypatch.chdir(REPO)
-    monkeypatch.setenv("RING_LIGHTNING_STAGE_DIR", "/tmp/stage-x")
-    config = print_config(REPO / "configs" / "quickstart" / f"{name}.yaml")
-    loggers = {lg["class_path"].rsplit(".", 1)[1]: lg["init_args"] for lg in config["trainer"]["logger"]}
-    assert set(loggers) == {"CSVLogger", "TensorBoardLogger"}
-    assert {lg["save_dir"] for lg in loggers.values()} == {"/tmp/stage-x"}
-    assert config["trainer"]["enable_progress_bar"] is True
+    for root, args in (("runs/quickstart/" + name, []), ("/tmp/exp-x", ["--trainer.default_root_dir=/tmp/exp-x"])):
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+            cli.main(["fit", "-c", str(REPO / "configs" / "quickstart" / f"{name}.yaml"), *args, "--print_config"])
+        config = yaml.safe_load(out.getvalue())
+        loggers = {lg["class_path"].rsplit(".", 1)[1]: lg["init_args"] for lg in config["trainer"]["logger"]}
+        assert set(loggers) == {"CSVLogger", "TensorBoardLogger"}
+        assert {lg["save_dir"] for lg in loggers.values()} == {root}
+        exports = [v for cb in config["trainer"]["callbacks"] for k, v in cb.get("init_args", {}).items()
+                   if k in ("export_dir", "dirpath") and v]
+        assert exports == [f"{root}/export"], exports
+        assert config["trainer"]["enable_progress_bar"] is True
 
 
 def test_ring_lite_2507_sft_has_the_reported_hyper_parameters(monkeypatch):
@@ -107,8 +114,26 @@ def test_ring_lite_2507_sft_has_the_reported_hyper_parameters(monkeypatch):
     model, data, trainer = config["model"]["init_args"], config["data"]["init_args"], config["trainer"]
     assert (model["lr"], model["weight_decay"], model["warmup_ratio"]) == (3e-4, 0.1, 0.01)
     assert model["mixed_precision"] == "bf16" and model["activation_checkpointing"]
-    assert data["micro_batch_tokens"] == 32768 and data["tokenizer"] == model["model"] == "/ckpt/Ling-lite-1.5"
+    assert data["micro_batch_tokens"] == 32768 and model["model"] == "/ckpt/Ling-lite-1.5"
+    assert data["tokenizer"] is None  # the policy's (the checkpoint's own): one tokenizer per run
     assert trainer["strategy"]["class_path"] == "lightning.pytorch.strategies.ModelParallelStrategy"
     strategy = trainer["strategy"]["init_args"]
     assert strategy["data_parallel_size"] == trainer["devices"] * trainer["num_nodes"]
     assert strategy["tensor_parallel_size"] == 1
+
+
+def test_shipped_reasoning_rl_stages_end_on_signals_and_the_ring_lite_one_updates_twice_per_rollout():
+    """Both reasoning-RL configs end their stage by a StageTransition rule (handoff: stop), with
+    max_steps as a cap; the Ring-lite one splits each rollout into two clipped updates."""
+    for name in ("quickstart", "ring_lite_2507"):
+        cfg = yaml.safe_load((REPO / "configs" / name / "rl_reasoning.yaml").read_text())
+        (st,) = [c["init_args"] for c in cfg["trainer"]["callbacks"] if c["class_path"].endswith("StageTransition")]
+        assert st["handoff"] == "stop" and st["stages"] == ["reasoning", "general"]
+        assert "plateau" in st["triggers"] and "steps" not in st["triggers"], name
+        assert st["min_stage_steps"] < cfg["trainer"]["max_steps"]
+    ring = yaml.safe_load((REPO / "configs" / "ring_lite_2507" / "rl_reasoning.yaml").read_text())
+    assert ring["data"]["init_args"]["updates_per_rollout"] == 2
+    assert ring["model"]["init_args"]["objective"]["init_args"]["token_budget"] * 2 == 256 * 409_600
+    stages = yaml.safe_load((REPO / "configs" / "ring_lite_2507" / "pipeline.yaml").read_text())["stages"]
+    assert [s["config"] for s in stages] == [f"configs/ring_lite_2507/{n}.yaml" for n in ("sft", "rl_reasoning",
+                                                                                          "rl_general")]

@@ -97,3 +97,21 @@ def test_report_cli_and_missing_state(run, tmp_path, capsys):
     assert main([str(run)]) == 0 and (run / "report.md").is_file()
     assert main([str(tmp_path / "nowhere")]) == 1
     assert "pipeline_state.json not found" in capsys.readouterr().err
+
+
+def test_report_shows_the_sft_band_the_entropy_curve_and_the_pick(run):
+    readiness = run / "sft" / "rl_readiness" / "rl_readiness.json"
+    readiness.parent.mkdir(parents=True, exist_ok=True)
+    readiness.write_text(json.dumps({
+        "band": [0.1, 0.2], "rule": "accuracy", "reason": "2 of 3 candidates have entropy in [0.1, 0.2]; chose step 30",
+        "chosen": {"step": 30, "entropy": 0.12, "accuracy": 0.4},
+        "candidates": [{"step": 10, "entropy": 0.45, "accuracy": 0.1, "in_band": False},
+                       {"step": 20, "entropy": 0.18, "accuracy": 0.3, "in_band": True},
+                       {"step": 30, "entropy": 0.12, "accuracy": 0.4, "in_band": True}]}))
+    state = json.loads((run / "pipeline_state.json").read_text())
+    state["stages"]["sft"].setdefault("outputs", {})["readiness"] = str(readiness)
+    (run / "pipeline_state.json").write_text(json.dumps(state))
+    text = build_report(run).read_text()
+    assert "## SFT checkpoint for RL (sft)" in text and "Entropy band [0.1, 0.2] nats" in text
+    assert "| 10 | 0.450 | 0.100 | no |  |" in text and "| 30 | 0.120 | 0.400 | yes | **yes** |" in text
+    assert (run / "sft_entropy.png").stat().st_size > 1000

@@ -29,6 +29,7 @@ from ring_lightning.data.rollouts.engine_slot import EngineFactory, EngineSlot
 from ring_lightning.data.rollouts.heldout import EvalSpec, HeldOutSets, validate_rows
 from ring_lightning.data.rollouts.spec import RequestStream, RolloutRequest
 from ring_lightning.data.rollouts.sampler import RolloutSampler, SamplerKnobs, SamplerState
+from ring_lightning.data.rollouts.updates import pending_from_state, pending_to_state
 from ring_lightning.eval.rollout_eval import RolloutEvaluator
 from ring_lightning.rewards.base import Reward
 from ring_lightning.rl.batch import Response, RolloutBatch
@@ -63,6 +64,9 @@ class RolloutDataModule(L.LightningDataModule):
         max_refill_rounds: extra rounds allowed per step before it is an error.
         max_staleness: 0 = strictly on-policy; k >= 1 = sample up to k steps ahead in a
             background thread (see module docstring).
+        updates_per_rollout: N optimizer steps per rollout, each on its own disjoint selection of the
+            objective's budget (C3PO: exactly Φ tokens each) against π_old = the sampling policy
+            (`updates.py`; our reading of the report's "minibatch size of 2"). 1 = one update per rollout.
         min_used_token_fraction: warn (once) when a step trains on less than this fraction of the
             tokens it sampled (`budget/used_token_fraction`): the budget discards most of the rollout.
         seed: seed of the prompt stream and the sampling (also the held-out sampling seed).
@@ -97,6 +101,7 @@ class RolloutDataModule(L.LightningDataModule):
         refill_prompts: int | None = None,
         max_refill_rounds: int = 4,
         max_staleness: int = 0,
+        updates_per_rollout: int = 1,
         min_used_token_fraction: float = 0.5,
         seed: int = 0,
         val_sources: dict[str, PromptSource] | None = None,
@@ -109,11 +114,8 @@ class RolloutDataModule(L.LightningDataModule):
         eval_batch_size: int = 16,
     ) -> None:
         super().__init__()
-        if prompts_per_step < 1 or samples_per_prompt < 1:
-            raise ValueError(f"prompts_per_step and samples_per_prompt must be >= 1, got "
-                             f"{prompts_per_step}, {samples_per_prompt}")
-        if max_staleness < 0:
-            raise ValueError(f"max_staleness must be >= 0, got {max_staleness}")
+        _check_counts(prompts_per_step=prompts_per_step, samples_per_prompt=samples_per_prompt,
+                      updates_per_rollout=updates_per_rollout, max_staleness=max_staleness + 1)
         self.sources = {k: (v if isinstance(v, PromptSource) else PromptSource(**v)) for k, v in sources.items()}
         self.stages = stages or {"default": dict.fromkeys(self.sources, 1.0)}
         self.initial_stage = stage or next(iter(self.stages))
@@ -126,6 +128,7 @@ class RolloutDataModule(L.LightningDataModule):
             max_staleness=max_staleness,
             max_prompt_tokens=max_prompt_tokens, seed=seed, advantage_scale=advantage_scale,
             advantage_baseline=advantage_baseline, min_used_token_fraction=min_used_token_fraction,
+            updates_per_rollout=updates_per_rollout,
             sampling=SamplingConfig(temperature=temperature, top_p=top_p, max_tokens=max_response_tokens))
         self.stream: PromptStream | None = None
         self._pending_state: dict[str, Any] | None = None
@@ -199,6 +202,7 @@ class RolloutDataModule(L.LightningDataModule):
         with self._lock:
             self.stream.set_stage(name)
             self.sampler_state.carried = ()  # so do responses carried over from its last step
+            self.sampler_state.pending = ()  # and its rollout's later updates
 
     def next_rollout(self) -> RolloutBatch:
         """Sample, score and plan one optimizer step's data for this rank (collective; see sampler.py)."""
@@ -216,6 +220,11 @@ class RolloutDataModule(L.LightningDataModule):
         if self.stream is not None:
             return self.stream.stage
         return (self._pending_state or {}).get("stage", self.initial_stage)
+
+    @property
+    def pending_updates(self) -> int:
+        """Later updates of the current rollout still to train (0 at a rollout boundary)."""
+        return len(self.sampler_state.pending)
 
     @property
     def bound(self) -> bool:
@@ -258,6 +267,10 @@ class RolloutDataModule(L.LightningDataModule):
             raise ValueError(f"prompts_per_step={k.prompts_per_step} and refill_prompts="
                              f"{k.refill_prompts} must be divisible by the {world_size} data-parallel ranks")
         objective.check(world_size)
+        if k.updates_per_rollout > 1 and objective.carry_age:
+            raise ValueError(f"updates_per_rollout={k.updates_per_rollout} splits each rollout over several updates; "
+                             "carrying leftovers into the next rollout on top is not supported: set the "
+                             "objective's overflow: drop, or updates_per_rollout: 1")
         if self.reward is None and not self.stage_rewards:
             raise ValueError("RolloutDataModule needs a `reward` (e.g. ring_lightning.rewards.router.RewardRouter)")
         if self.stream is None:
@@ -304,7 +317,8 @@ class RolloutDataModule(L.LightningDataModule):
 
     # ------------------------------------------------------------ checkpoint
     def state_dict(self) -> dict[str, Any]:
-        """Stream position (of the oldest prompt not yet trained on), stage, carried responses."""
+        """Stream position (of the oldest prompt not yet trained on), stage, carried responses and the
+        rollout's later updates."""
         if self.stream is None:
             return dict(self._pending_state or {})
         ahead = self.sampler.ahead if self.sampler is not None else None
@@ -313,7 +327,8 @@ class RolloutDataModule(L.LightningDataModule):
             stream = oldest or self.stream.state_dict()
         st = self.sampler_state
         return {"stream": stream, "stage": self.stream.stage, "groups": st.groups,
-                "carried": [{f.name: getattr(r, f.name) for f in fields(Response)} for r in st.carried]}
+                "carried": [{f.name: getattr(r, f.name) for f in fields(Response)} for r in st.carried],
+                "pending": pending_to_state(st.pending)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if self.stream is None:  # restored before setup: apply once the sources are loaded
@@ -325,5 +340,13 @@ class RolloutDataModule(L.LightningDataModule):
             self.stream.set_stage(state["stage"])
         self.sampler_state.groups = int(state.get("groups", 0))
         self.sampler_state.carried = tuple(Response(**d) for d in state.get("carried", []))
+        self.sampler_state.pending = pending_from_state(state.get("pending", []))
         self._pending_state = None
 
+
+def _check_counts(**counts: int) -> None:
+    """Each knob must be >= 1 (max_staleness is passed + 1: it may be 0)."""
+    for name, value in counts.items():
+        if value < 1:
+            floor = 0 if name == "max_staleness" else 1
+            raise ValueError(f"{name} must be >= {floor}, got {value - 1 if floor == 0 else value}")

@@ -21,6 +21,7 @@ from ring_lightning.data.rollouts.engine_slot import EngineSlot
 from ring_lightning.data.rollouts.scoring import check_completions, scored_responses
 from ring_lightning.data.rollouts.spec import Sampled
 from ring_lightning.data.rollouts.stream import PromptStream
+from ring_lightning.data.rollouts.updates import PendingUpdate, merged_plan, pending_updates, plan_updates
 from ring_lightning.rewards.base import Reward
 from ring_lightning.rl.batch import Response, RolloutBatch, build_rank_batch, carry_over, collate
 from ring_lightning.rl.budget import BudgetPlan, split_plan
@@ -46,16 +47,19 @@ class SamplerKnobs:
     advantage_scale: Literal["std", "none"] = "std"
     advantage_baseline: Literal["mean", "leave_one_out"] = "mean"
     min_used_token_fraction: float = 0.5
+    updates_per_rollout: int = 1
 
 
 @dataclass
 class SamplerState:
     """What outlives one step. Checkpointed by the data module: groups drawn so far (the group id of
-    the next prompt) and the responses carried into the next step. Not checkpointed: the prompt-token
-    cache and whether the low-use warning was given."""
+    the next prompt), the responses carried into the next step and the current rollout's later
+    updates (`updates.py`). Not checkpointed: the prompt-token cache and whether the low-use warning
+    was given."""
 
     groups: int = 0
     carried: tuple[Response, ...] = ()
+    pending: tuple[PendingUpdate, ...] = ()
     tokens: dict[tuple[str, str], torch.Tensor] = field(default_factory=dict)  # prompt-token cache
     warned_low_use: bool = False
 
@@ -142,26 +146,55 @@ class RolloutSampler:
 
     # ------------------------------------------------------------------ step
     def next_rollout(self) -> RolloutBatch:
-        """Sample, score and plan one optimizer step's data for this rank (collective)."""
+        """Sample, score and plan one optimizer step's data for this rank (collective); with
+        `updates_per_rollout` > 1 the later updates of a rollout come from `state.pending` first."""
+        if self.state.pending:
+            update, self.state.pending = self.state.pending[0], self.state.pending[1:]
+            batch, budget = self._rank_batch(list(update.responses), update.plan)
+            return replace(batch, budget=budget, metrics=dict(update.metrics))
         sums, maxes = stats.empty_stats()
         n_carried_in = len(self.state.carried)
-        responses, plan, sampled = self._plan_step(sums, maxes)
-        plan = self.objective.finalize(plan, lambda x: stats.all_reduce_sum_float(x, self.device), self.world_size)
+        responses, plans, sampled = self._plan_step(sums, maxes)
+        plans = [self.objective.finalize(p, lambda x: stats.all_reduce_sum_float(x, self.device), self.world_size)
+                 for p in plans]
+        plan = plans[0]
         self.state.carried = self._carry([responses[i] for i in plan.carried])
-        stats.count_plan(sums, plan, responses, n_carried_in, len(self.state.carried))
-        step_plan = split_plan(plan, 1, [r.prompt_ids.numel() for r in responses], self.micro_batch_tokens)
-        batch = build_rank_batch(responses, step_plan, 0, pad_id=self.pad_id)
-        n_micro = stats.all_reduce_max_int(len(batch.micro_batches), self.device)
-        pad = tuple(collate(responses, [], step_plan.normalizer, step_plan.loss_agg, self.pad_id)
-                    for _ in range(n_micro - len(batch.micro_batches)))
+        rollout_plan = merged_plan(plans, responses) if len(plans) > 1 else plan
+        stats.count_plan(sums, rollout_plan, responses, n_carried_in, len(self.state.carried))
+        batch, budget = self._rank_batch(responses, plan)
         if not self.knobs.max_staleness:  # free the engine's accelerator memory while the trainer runs
             self.slot.sleep()
         sums, maxes = stats.all_reduce_stats(sums, maxes, self.device)
         metrics = stats.finalize(sums, maxes)
         metrics["rollout/weight_version"] = float(min(s.version for s in sampled))
         self._warn_low_use(metrics["budget/used_token_fraction"])
-        return replace(batch, micro_batches=batch.micro_batches + pad, rank=self.rank, world_size=self.world_size,
-                       budget=int(sums["loss_tokens"]), metrics=metrics)
+        if len(plans) > 1:
+            metrics["rollout/update"] = 0.0
+            self.state.pending = pending_updates(plans, responses, metrics, self._sampling_logprobs)
+        return replace(batch, budget=budget, metrics=metrics)
+
+    def _rank_batch(self, responses: list[Response], plan: BudgetPlan) -> tuple[RolloutBatch, int]:
+        """This rank's micro-batches of `plan` (padded to every rank's count) and the plan's tokens
+        over all ranks (collectives)."""
+        step_plan = split_plan(plan, 1, [r.prompt_ids.numel() for r in responses], self.micro_batch_tokens)
+        batch = build_rank_batch(responses, step_plan, 0, pad_id=self.pad_id)
+        n_micro = stats.all_reduce_max_int(len(batch.micro_batches), self.device)
+        pad = tuple(collate(responses, [], step_plan.normalizer, step_plan.loss_agg, self.pad_id)
+                    for _ in range(n_micro - len(batch.micro_batches)))
+        budget = int(round(stats.all_reduce_sum_float(plan.n_tokens, self.device)))
+        return replace(batch, micro_batches=batch.micro_batches + pad, rank=self.rank,
+                       world_size=self.world_size), budget
+
+    def _sampling_logprobs(self, responses: Sequence[Response]) -> list[torch.Tensor]:
+        """π_old of a rollout's later updates: the trainer's logprobs now, before update 1 (collective),
+        or, without a trainer hook, the engine's."""
+        if self.logprob_fn is not None:
+            return self.logprob_fn(responses)
+        if any(r.engine_logprobs is None for r in responses):
+            raise ValueError("updates_per_rollout > 1 needs the sampling policy's logprobs of every response: "
+                             "bind the data module with a logprob_fn (RLModule does) or use an engine that "
+                             "returns logprobs")
+        return [r.engine_logprobs for r in responses]
 
     def _warn_low_use(self, used: float) -> None:
         floor = self.knobs.min_used_token_fraction
@@ -172,8 +205,9 @@ class RolloutSampler:
                            "or lower the data module's prompts_per_step / samples_per_prompt / max_response_tokens")
 
     def _plan_step(self, sums: dict[str, float], maxes: dict[str, float]
-                   ) -> tuple[list[Response], BudgetPlan, list[Sampled]]:
-        """Sample until every rank's plan is complete (refill rounds); the responses and the plan."""
+                   ) -> tuple[list[Response], list[BudgetPlan], list[Sampled]]:
+        """Sample until every rank's plans are complete (refill rounds); the responses and the plans
+        (one per update of the rollout)."""
         carried, fresh, rounds = list(self.state.carried), [], 0
         sampled = [self.next_sampled()]
         while True:
@@ -187,21 +221,29 @@ class RolloutSampler:
             maxes["time_rollout"] += s.t_rollout
             maxes["time_reward"] += s.t_reward
             responses = carried + fresh
-            lengths, eligible = [r.length for r in responses], [r.valid for r in responses]
-            plan = self.objective.select(lengths, eligible, n_carried=len(carried), world_size=self.world_size,
-                                         seed=self.knobs.seed + self.stream.draws)
-            if not stats.all_reduce_max_int(int(plan is None or plan.need_more), self.device):
+            plans = plan_updates(self.objective, responses, n_updates=self.knobs.updates_per_rollout,
+                                 n_carried=len(carried), world_size=self.world_size,
+                                 seed=self.knobs.seed + self.stream.draws)
+            short = len(plans) < self.knobs.updates_per_rollout or plans[-1] is None or plans[-1].need_more
+            if not stats.all_reduce_max_int(int(short), self.device):
                 maxes["refill_rounds"] = rounds
-                return responses, plan, sampled
+                return responses, plans, sampled
             rounds += 1
             if rounds > self.knobs.max_refill_rounds:
-                have = sum(n for n, e in zip(lengths, eligible) if e)
-                need = plan.budget if plan is not None else "some"
-                raise RuntimeError(
-                    f"step short of its token budget after {self.knobs.max_refill_rounds} extra sampling rounds "
-                    f"(rank {self.rank} has {have} eligible tokens, needs {need}); raise prompts_per_step / "
-                    "max_refill_rounds or lower the objective's token_budget")
+                self._raise_short(responses, plans)
             sampled.append(self.sample(self.knobs.refill_prompts))
+
+    def _raise_short(self, responses: Sequence[Response], plans: list[BudgetPlan | None]) -> None:
+        have = sum(r.length for r in responses if r.valid)
+        n = self.knobs.updates_per_rollout
+        need = plans[-1].budget if plans[-1] is not None else "some"
+        per = f" for update {len(plans)} of the rollout's updates_per_rollout={n}" if n > 1 else ""
+        raise RuntimeError(
+            f"step short of its token budget after {self.knobs.max_refill_rounds} extra sampling rounds "
+            f"(rank {self.rank} has {have} eligible tokens, needs {need}{per}); raise prompts_per_step / "
+            "max_refill_rounds or lower the objective's token_budget"
+            + (" or updates_per_rollout (an objective that trains every response, like GRPO, leaves nothing "
+               "for a second update)" if n > 1 else ""))
 
     def _carry(self, todo: list[Response]) -> tuple[Response, ...]:
         """Responses for the next step, with trainer π_old logprobs (a collective on every rank)."""

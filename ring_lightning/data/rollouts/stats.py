@@ -19,6 +19,10 @@ sums into the slash-namespaced metrics logged every step (DESIGN.md rule 9):
   responses with tokens in the loss (truncated ones included), dropped = eligible whole responses left
   out (past the budget, or too old to carry), excluded = invalid or empty;
 * ``time/rollout``, ``time/reward`` (the slowest rank).
+
+With `updates_per_rollout` > 1 these describe the whole rollout (all its updates) and are logged
+again at its later updates with the sampling counters (``rollout/generated_tokens``, ``time/*``) at
+0; ``rollout/update`` is the update's index in its rollout (`updates.py`).
 """
 
 from __future__ import annotations

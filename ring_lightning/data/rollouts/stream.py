@@ -38,6 +38,9 @@ class PromptSource:
         size: number of rows to generate for a built-in task.
         seed: generator seed of a built-in task.
         task_kwargs: extra knobs of the built-in task (e.g. `{"max_ops": 1}` for arithmetic_steps).
+        domain: the domain of the file's rows that have no `domain` (e.g. "math"); None = every row names it.
+        fields: {schema field: the file's column} for peers' files, dotted for nested columns, e.g.
+            `{answer: solution}` or `{answer: reward_model.ground_truth}` (docs/data_formats.md).
     """
 
     path: str | None = None
@@ -45,6 +48,8 @@ class PromptSource:
     size: int = 1000
     seed: int = 1
     task_kwargs: dict[str, Any] = field(default_factory=dict)
+    domain: str | None = None
+    fields: dict[str, str] = field(default_factory=dict)
 
     def load(self, name: str) -> list[PromptRow]:
         """The validated rows of this source (`name` is used in errors)."""
@@ -54,7 +59,7 @@ class PromptSource:
         if self.path is not None:
             from ring_lightning.data.prompts import load_prompts
 
-            rows = load_prompts(self.path)
+            rows = load_prompts(self.path, domain=self.domain, fields=self.fields)
         else:
             from ring_lightning.data.synthetic.rl_tasks import rl_task_rows
 

@@ -4,8 +4,10 @@ Ring-lite (arXiv 2506.14731, §3) trains its long-CoT SFT model on 32k-token con
 say how samples are batched, truncated or filtered. What we do (and document as our choice):
 
 * every source row is validated (data/sft/rows.py), templated with the tokenizer's chat template,
-  and masked so only assistant tokens are targets; one tokenizer per run: the policy's (taken from
-  the LightningModule at `setup`) unless one is set, and a set one that differs is an error;
+  and masked so only assistant tokens are targets (data/sft/masks.py: the template's `{% generation
+  %}` tags, or incremental rendering for stock templates without them); one tokenizer per run: the
+  policy's (taken from the LightningModule at `setup`) unless one is set, and a set one that differs
+  is an error;
 * a document longer than `max_length` is cut to its first `max_length` tokens (`overlong:
   truncate`; if no assistant token survives it is dropped) or dropped (`overlong: drop`); both are
   counted and logged as `data/overlong_truncated`, `data/overlong_dropped`;
@@ -36,8 +38,9 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from transformers import PreTrainedTokenizerBase
 
+from ring_lightning.data.sft.masks import encode_conversation
 from ring_lightning.data.sft.packing import PackedBatch, TokenizedDoc, collate_packed, pack_documents
-from ring_lightning.data.sft.rows import SFTRowError, encode_conversation, iter_source, parse_sft_row
+from ring_lightning.data.sft.rows import SFTRowError, iter_source, parse_sft_row
 from ring_lightning.models.loading import load_tokenizer, tokenizer_differences
 
 Overlong = Literal["truncate", "drop"]

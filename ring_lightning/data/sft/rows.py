@@ -1,23 +1,15 @@
 """SFT rows: schema, validation, reading (JSONL / Parquet / `datasets` directory / synthetic) and templating.
 
-Ring-lite (arXiv 2506.14731, §3) distils long chain-of-thought chats; the report does not publish
-its file format, so we accept the two common shapes:
-
-    {"messages": [{"role": "system"|"user"|"assistant"|"tool", "content": str}, ...]}
-    {"prompt": str, "response": str, "system": str (optional)}
-
-Other keys (`id`, `meta`, ...) are ignored. A row is malformed when it has neither shape, a message
-has an unknown role or non-string content, or an assistant turn is empty (or there is none): that
-is an `SFTRowError` naming the file and the 0-based row, unless the caller skips and counts it.
-
-Files are read through `datasets` in streaming mode (constant memory for large files):
-`.jsonl` / `.json` with the "json" builder, `.parquet` with the "parquet" builder, and a directory
-written by `Dataset.save_to_disk` with `load_from_disk` (its "train" split for a DatasetDict).
+Ring-lite (arXiv 2506.14731, §3) distils long chain-of-thought chats without publishing a file format;
+we accept the common shapes (docs/data_formats.md): `messages`; `prompt` + `response` (+ `system`);
+TRL's `prompt` + `completion` (strings or message lists) and TRL's language-modelling `text`. Other
+keys are ignored. A malformed row is an `SFTRowError` naming the file and the 0-based row, unless
+the caller skips and counts it. Files are streamed through `datasets` (constant memory);
 `synthetic:<task>` reads the built-in generated data (data/synthetic/problems.py).
 
-The loss mask comes from the tokenizer's chat template: `apply_chat_template(...,
-return_assistant_tokens_mask=True)` needs `{% generation %}` markers around assistant content (the
-shipped tokenizer has them); a template without them is an error, never a silent all-zero mask.
+Loss mask (data/sft/masks.py): a chat trains on its assistant tokens. Deviation from TRL: assistant
+turns inside a message-list `prompt` are trained on too. A `text` row is not templated: every token
+is a target (`encode_text`: plain LM text, the tokenizer's own special tokens plus EOS).
 """
 
 from __future__ import annotations
@@ -39,8 +31,56 @@ class SFTRowError(ValueError):
     """A row of SFT data does not follow the schema. The message names the file and the row."""
 
 
+TEXT_ROLE = "text"  # parse_sft_row's single message for a `text` row: encoded without a chat template
+
+
+def _chat(msgs: Any, key: str, fail) -> list[dict[str, str]]:
+    """Validate a list of {role, content} (the row's `key`)."""
+    if not isinstance(msgs, (list, tuple)) or not msgs:
+        raise fail(f"'{key}' must be a non-empty list of {{'role', 'content'}}")
+    messages = []
+    for j, m in enumerate(msgs):
+        if not isinstance(m, Mapping):
+            raise fail(f"{key}[{j}] must be an object with 'role' and 'content', got {m!r}")
+        if m.get("role") not in ROLES:
+            raise fail(f"{key}[{j}] has unknown role {m.get('role')!r}; expected one of {', '.join(ROLES)}")
+        if not isinstance(m.get("content"), str):
+            raise fail(f"{key}[{j}] ({m['role']}) needs a string 'content', got {m.get('content')!r}")
+        if m["role"] == "assistant" and not m["content"].strip():
+            raise fail(f"{key}[{j}] is an empty assistant turn")
+        messages.append({"role": m["role"], "content": m["content"]})
+    return messages
+
+
+def _prompt_answer(raw: Mapping[str, Any], fail) -> list[dict[str, str]]:
+    """`prompt` + `completion` (TRL: strings or message lists) or `prompt` + `response` (+ `system`)."""
+    key = "completion" if raw.get("completion") is not None else "response"
+    prompt, answer = raw.get("prompt"), raw.get(key)
+    system = raw.get("system")
+    if system is not None and not isinstance(system, str):
+        raise fail(f"'system' must be a string, got {system!r}")
+    messages = [{"role": "system", "content": system}] if system else []
+    if isinstance(prompt, (list, tuple)):
+        messages += _chat(prompt, "prompt", fail)
+    elif isinstance(prompt, str) and prompt.strip():
+        messages.append({"role": "user", "content": prompt})
+    else:
+        raise fail(f"'prompt' must be a non-empty string or a list of {{'role', 'content'}}, got {prompt!r}")
+    if isinstance(answer, (list, tuple)):
+        completion = _chat(answer, key, fail)
+        if not any(m["role"] == "assistant" for m in completion):
+            raise fail(f"'{key}' has no assistant turn: nothing to train on")
+        return messages + completion
+    if not isinstance(answer, str) or not answer.strip():
+        raise fail(f"'{key}' must be a non-empty string (an empty assistant turn), got {answer!r}")
+    return messages + [{"role": "assistant", "content": answer}]
+
+
 def parse_sft_row(raw: Any, where: str) -> list[dict[str, str]]:
     """Validate one raw row and return its conversation as a list of {role, content}.
+
+    A `text` row becomes one {"role": TEXT_ROLE, "content": text} (`masks.encode_conversation`
+    trains on all of its tokens, `encode_text`).
 
     Args:
         raw: the row as read (a mapping).
@@ -54,35 +94,18 @@ def parse_sft_row(raw: Any, where: str) -> list[dict[str, str]]:
     if not isinstance(raw, Mapping):
         raise fail(f"expected an object, got {type(raw).__name__}")
     if raw.get("messages") is not None:
-        msgs = raw["messages"]
-        if not isinstance(msgs, (list, tuple)) or not msgs:
-            raise fail("'messages' must be a non-empty list of {'role', 'content'}")
-        messages = []
-        for j, m in enumerate(msgs):
-            if not isinstance(m, Mapping):
-                raise fail(f"messages[{j}] must be an object with 'role' and 'content', got {m!r}")
-            if m.get("role") not in ROLES:
-                raise fail(f"messages[{j}] has unknown role {m.get('role')!r}; expected one of {', '.join(ROLES)}")
-            if not isinstance(m.get("content"), str):
-                raise fail(f"messages[{j}] ({m['role']}) needs a string 'content', got {m.get('content')!r}")
-            if m["role"] == "assistant" and not m["content"].strip():
-                raise fail(f"messages[{j}] is an empty assistant turn")
-            messages.append({"role": m["role"], "content": m["content"]})
+        messages = _chat(raw["messages"], "messages", fail)
         if not any(m["role"] == "assistant" for m in messages):
             raise fail("no assistant turn: nothing to train on")
         return messages
-    prompt, response = raw.get("prompt"), raw.get("response")
-    if prompt is None and response is None:
-        raise fail("needs a 'messages' list or 'prompt' and 'response' strings")
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise fail(f"'prompt' must be a non-empty string, got {prompt!r}")
-    if not isinstance(response, str) or not response.strip():
-        raise fail(f"'response' must be a non-empty string (an empty assistant turn), got {response!r}")
-    system = raw.get("system")
-    if system is not None and not isinstance(system, str):
-        raise fail(f"'system' must be a string, got {system!r}")
-    messages = [{"role": "system", "content": system}] if system else []
-    return messages + [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+    if raw.get("prompt") is not None or raw.get("response") is not None or raw.get("completion") is not None:
+        return _prompt_answer(raw, fail)
+    text = raw.get("text")
+    if text is None:
+        raise fail("needs a 'messages' list, 'prompt' and 'response' (or TRL's 'completion'), or a 'text' string")
+    if not isinstance(text, str) or not text.strip():
+        raise fail(f"'text' must be a non-empty string, got {text!r}")
+    return [{"role": TEXT_ROLE, "content": text}]
 
 
 def iter_source(source: str, split: str, *, synthetic_rows: tuple[int, int] = (4000, 64),
@@ -131,14 +154,9 @@ def iter_source(source: str, split: str, *, synthetic_rows: tuple[int, int] = (4
         raise ValueError(f"{path}: could not be read ({type(e).__name__}: {e})") from e
 
 
-def encode_conversation(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]],
-                        where: str) -> TokenizedDoc:
-    """Apply the chat template; the loss mask is the template's assistant-token mask."""
-    out = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True,
-                                        return_assistant_tokens_mask=True)
-    ids, mask = list(out["input_ids"]), [bool(x) for x in out["assistant_masks"]]
-    if not any(mask):
-        raise ValueError(f"{where}: the tokenizer's chat template marked no assistant tokens. The template needs "
-                         "{% generation %} ... {% endgeneration %} around assistant content (see the shipped "
-                         "tokenizer in ring_lightning/assets/tokenizer) for assistant-only loss.")
-    return TokenizedDoc(input_ids=tuple(ids), loss_mask=tuple(mask), where=where)
+def encode_text(tokenizer: PreTrainedTokenizerBase, text: str, where: str) -> TokenizedDoc:
+    """Plain LM text: the tokenizer's own special tokens (e.g. BOS), EOS appended; every token a target."""
+    ids = list(tokenizer(text, add_special_tokens=True)["input_ids"])
+    if tokenizer.eos_token_id is not None and (not ids or ids[-1] != tokenizer.eos_token_id):
+        ids.append(tokenizer.eos_token_id)
+    return TokenizedDoc(input_ids=tuple(ids), loss_mask=(True,) * len(ids), where=where)

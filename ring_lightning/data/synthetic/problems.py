@@ -19,6 +19,7 @@ from ring_lightning.data.synthetic.instruction import QUICKSTART_KINDS, instruct
 TASKS = ("arithmetic", "countdown", "mixed", "addition", "instruction", "quickstart")
 PARTITIONED_TASKS = ("addition", "instruction", "quickstart")  # held-out partition, see module docstring
 HELDOUT_MODULUS = 7
+PROBE_MODULUS = 4  # 1 in 4 held-out questions form the probe partition (EntropyMonitor), never evaluated
 QUICK_GUESS = "Quick guess."
 QUICK_GUESS_RATE = 0.3  # share of addition traces that guess instead of reasoning (module docstring)
 Split = Literal["train", "val"]
@@ -109,8 +110,22 @@ GENERATORS = {"arithmetic": _arithmetic, "countdown": _countdown, "addition": _a
 
 
 def is_heldout(question: str) -> bool:
-    """The fixed held-out partition of the partitioned tasks: 1 in `HELDOUT_MODULUS` questions, by CRC-32."""
+    """The fixed held-out partition of the partitioned tasks: 1 in `HELDOUT_MODULUS` questions, by CRC-32
+    (its probe part included)."""
     return zlib.crc32(question.encode("utf-8")) % HELDOUT_MODULUS == 0
+
+
+def is_probe(question: str) -> bool:
+    """The probe part of the held-out partition (1 in `PROBE_MODULUS` held-out questions): what
+    EntropyMonitor samples during SFT. Disjoint from the evaluation part (`is_eval`), so a checkpoint
+    chosen on the probe is not chosen on the questions it is later scored on."""
+    crc = zlib.crc32(question.encode("utf-8"))
+    return crc % HELDOUT_MODULUS == 0 and (crc // HELDOUT_MODULUS) % PROBE_MODULUS == 0
+
+
+def is_eval(question: str) -> bool:
+    """The evaluation part of the held-out partition (held out, not probe)."""
+    return is_heldout(question) and not is_probe(question)
 
 
 def _kind(task: str, i: int) -> str:
@@ -124,7 +139,8 @@ def _kind(task: str, i: int) -> str:
 def _partitioned(task: str, split: str, n: int, seed: int) -> list[SyntheticProblem]:
     """`n` problems of the train side (repeats allowed) or `n` distinct held-out ones (module docstring)."""
     rng = random.Random(f"ring-lightning-synthetic-{task}-{split}-{seed}")
-    want_heldout = split == "val"
+    want_heldout = split in ("val", "probe")
+    side = {"train": lambda q: not is_heldout(q), "val": is_eval, "probe": is_probe}[split]
     seen: set[str] = set()
     out: list[SyntheticProblem] = []
     for _ in range(200 * n + 10_000):
@@ -132,15 +148,15 @@ def _partitioned(task: str, split: str, n: int, seed: int) -> list[SyntheticProb
             return out
         kind = _kind(task, len(out))
         question, steps, answer, meta = GENERATORS[kind](rng)
-        if is_heldout(question) != want_heldout or (want_heldout and question in seen):
+        if not side(question) or (want_heldout and question in seen):
             continue
         seen.add(question)
         out.append(SyntheticProblem(id=f"{task}-{split}-{len(out)}", task=kind, question=question, steps=steps,
                                     answer=answer, meta=dict(meta)))
     if len(out) == n:
         return out
-    raise ValueError(f"synthetic task {task!r}: only {len(out)} distinct held-out ('val') problems exist, {n} were "
-                     f"asked; lower the number of val rows (e.g. synthetic_val_rows / synthetic_prompts)")
+    raise ValueError(f"synthetic task {task!r}: only {len(out)} distinct held-out ({split!r}) problems exist, {n} "
+                     f"were asked; lower the number of {split} rows (e.g. synthetic_val_rows / synthetic_prompts)")
 
 
 def generate_problems(task: str, n_train: int, n_val: int, seed: int = 0) -> dict[str, list[SyntheticProblem]]:
@@ -190,16 +206,26 @@ def sft_rows(task: str, split: Split, n_train: int, n_val: int, seed: int = 0) -
     return [{"id": p.id, "messages": sft_messages(p)} for p in generate_problems(task, n_train, n_val, seed)[split]]
 
 
-def prompt_rows(task: str, split: Split, n_train: int, n_val: int, seed: int = 0) -> list[dict[str, Any]]:
+def probe_problems(task: str, n: int, seed: int = 0) -> list[SyntheticProblem]:
+    """`n` distinct problems of a partitioned task's probe partition (`is_probe`)."""
+    if task not in PARTITIONED_TASKS:
+        raise ValueError(f"synthetic task {task!r} has no probe partition; one of {PARTITIONED_TASKS} has")
+    return _partitioned(task, "probe", n, seed)
+
+
+def prompt_rows(task: str, split: Split | Literal["probe"], n_train: int, n_val: int, seed: int = 0
+                ) -> list[dict[str, Any]]:
     """RL prompt rows (the schema of `data/prompts.py`) of one split of a synthetic task.
 
     Arithmetic and addition rows are domain "math" with the integer answer; countdown rows are
     domain "logic" with the reference expression as `answer` and `meta = {"task": "countdown",
     "numbers", "target"}` (any expression that uses the numbers at most once and evaluates to the
     target is correct); instruction rows are domain "instruction" with their `instructions`.
+    Split "probe": `n_val` problems of the probe partition (partitioned tasks only).
     """
     rows = []
-    for p in generate_problems(task, n_train, n_val, seed)[split]:
+    problems = probe_problems(task, n_val, seed) if split == "probe" else generate_problems(task, n_train, n_val, seed)[split]
+    for p in problems:
         if p.task == "instruction":
             rows.append({"id": p.id, "domain": "instruction", "prompt": p.question,
                          "instructions": p.meta["instructions"], "meta": {"task": "instruction"}})

@@ -55,7 +55,8 @@ def rl_task_rows(
         max_operand: `arithmetic_steps` only: largest operand / starting value.
         kinds: `instruction` only: the constraint types to draw from (`INSTRUCTION_KINDS`), equally.
         split: which side of `synthetic.is_heldout`'s fixed partition to draw from: "train" (never
-            a held-out question), "heldout" (only those: for evaluation) or "all". None = "train"
+            a held-out question), "heldout" (only those, less the probe part EntropyMonitor samples:
+            for evaluation) or "all". None = "train"
             for `addition` (whose SFT data never shows held-out questions either), "all" otherwise.
             `arithmetic` / `countdown` / `mixed` support only "all".
     """
@@ -67,7 +68,7 @@ def rl_task_rows(
     if split not in SPLITS:
         raise ValueError(f"built-in RL task {task!r}: split must be one of {SPLITS}, got {split!r}")
     keep = {"all": lambda q: True, "train": lambda q: not synthetic.is_heldout(q),
-            "heldout": synthetic.is_heldout}[split]
+            "heldout": synthetic.is_eval}[split]
     if task in ("arithmetic", "countdown", "mixed"):
         if split != "all":
             raise ValueError(f"built-in RL task {task!r} has no held-out partition; use split 'all' (or the "

@@ -17,8 +17,9 @@ built-in-types-only encoding, to the trainer; `judge_event` then evaluates the a
 Values of other types (user classes, subclasses of built-ins, numpy scalars) cannot be sent: that
 assertion fails. So an object whose ``__eq__`` always returns True earns nothing. Limits: a
 program controls its own process, so for operands that are *not* literals (both sides computed in
-the sandbox) a determined program could tamper with the harness and send fabricated values; the
-random token on each message only stops casual forgery. Literal-side comparisons are not forgeable.
+the sandbox) a determined program could find the harness's key in its own memory and send made-up
+values; it never holds the result channel or its token (`harness_assert.py`), so records it writes
+itself fail the run. Literal-side comparisons are not forgeable.
 
 An assert that is not inside a loop, condition, ``try`` or ``match`` must be executed at least once
 (`Probe.required`): a test function that is never called, or a program that exits before the tests

@@ -1,27 +1,17 @@
 """The test harness that runs *inside* the sandbox for `CodeReward` (trusted code, standard library only).
 
-`code.py` copies this file into the sandbox with the program and a marshal'ed config, then runs
-``python -I -S harness.py``. It reads a random token from stdin (then stdin is closed for good),
-runs the tests and reports on the result channel (fd 3) as JSON lines that carry the token; the
-trainer, not this harness, decides pass/fail:
+`reward.py` copies this file into the sandbox with the program and a marshal'ed config and runs
+``python -I -S harness.py``. It reads a random token from stdin (then stdin is closed), runs the
+tests in forked children and reports on the result channel (fd 3) as JSON lines carrying the token;
+the trainer decides pass/fail. A child that runs untrusted code never holds the channel (in assert
+mode not the token either).
 
-* stdio: for each case it forks a child that gets the case input as stdin and a file as stdout
-  (Python runs in the forked interpreter, other languages are `exec`ed), waits with a wall-clock
-  limit and RLIMIT_CPU, kills every left-over process, and reports the exit code and the SHA-256
-  of the normalised output (`normalize_output`). Expected outputs never enter the sandbox, so a
-  program cannot learn them, and what it prints cannot fake a verdict.
-* assert: runs the program, then the assert tests that `assert_probes.py` rewrote into calls
-  ``__rl_probe__(id, operand, ...)``: each call serialises its operands with `encode_value`
-  (exact built-in types only, so objects with a rigged ``__eq__`` are rejected) and the trainer
-  compares them. A literal side of a comparison (``== 5``) was removed from the code before it
-  entered the sandbox. The tests run with a snapshot of the builtins taken before the program ran,
-  and see the program's names (module ``solution``) except those that shadow a builtin.
-  Program and tests run in a forked child with a wall-clock limit; the child writes
-  ``{"done": true}`` after every test statement has run, and this (parent) process writes
-  ``{"end": true}`` only when the child exited 0 within the limit (``sys.exit`` / ``os._exit`` in the
-  program prevent ``done``, a crash or a kill prevents ``end``).
-
-`normalize_output` is imported by the trainer too, so both sides normalise identically.
+* stdio: per case a child gets the input as stdin and a file as stdout (Python runs in the forked
+  interpreter, other languages are `exec`ed); this process reports its exit status, output sizes
+  and the SHA-256 of the normalised output (`normalize_output`; expected outputs never enter).
+* assert (`harness_assert.py`, run in this namespace): a child forked before the token is read runs
+  program and tests and reports on its own pipe; this process relays its checked records and alone
+  writes ``end``. `normalize_output` is shared with the trainer.
 """
 
 import builtins
@@ -102,15 +92,21 @@ def encode_value(x, budget=None, depth=0):
 
 
 class Channel:
-    def __init__(self, token):
-        self.token = token
+    """JSON records, one a line, on `fd`: with the `token` inside (the result channel) or after a
+    `key` (the assert child's pipe)."""
+
+    def __init__(self, token, fd=CHANNEL_FD, key=b""):
+        self.token, self.fd, self.key = token, fd, key
 
     def send(self, **fields):
-        fields["t"] = self.token
-        data = (to_json(fields) + "\n").encode("utf-8")
-        view = memoryview(data)
+        if self.token is not None:
+            fields["t"] = self.token
+        self.write(to_json(fields) + "\n")
+
+    def write(self, text):
+        view = memoryview(self.key + text.encode("utf-8"))
         while view:
-            view = view[os.write(CHANNEL_FD, view):]
+            view = view[os.write(self.fd, view):]
 
 
 def _child_stdio(in_path, out_path, err_path, cfg, code):
@@ -276,72 +272,14 @@ def run_stdio(cfg, chan):
     chan.send(end=True)
 
 
-def run_assert(cfg, chan):
-    lang = cfg["language"]
-    with open(lang["source_file"], "rb") as f:
-        source = f.read()
-    try:
-        code = compile(source, lang["source_file"], "exec")
-        tests = compile(cfg["tests"], "tests.py", "exec")
-    except (SyntaxError, ValueError) as e:
-        chan.send(compile_error=f"{type(e).__name__}: {e}")
-        return
-    snapshot = dict(builtins.__dict__)  # taken before the program can patch builtins
-    enc, unenc, send = encode_value, Unencodable, chan.send
-    count = [0]
-
-    def probe(aid, *values):
-        count[0] += 1
-        if count[0] > cfg["max_events"]:
-            raise RuntimeError("too many assertions executed")
-        try:
-            send(a=aid, v=[enc(v) for v in values])
-        except unenc as e:
-            send(a=aid, e=str(e))
-
-    pid = os.fork()
-    if pid == 0:  # the program and the tests run in a child; this process only watches it
-        status = 1
-        try:
-            _child_assert(code, tests, lang, snapshot, probe, send)
-            status = 0
-        finally:
-            os._exit(status)
-    limit = cfg["assert_timeout_s"]
-    rc, timed_out = _wait(pid, limit)
-    _kill_leftovers(cfg)
-    # The status comes from this process, which the program never controls: a test run that was
-    # killed, crashed or exited early cannot pass, whatever it wrote before.
-    if timed_out:
-        send(error=f"time limit of the assert suite ({limit:g} s wall) exceeded")
-    elif rc == -24:
-        send(error="time limit of the assert suite (CPU) exceeded")
-    elif rc != 0:
-        send(error=f"the test run exited with status {rc} before finishing")
-    else:
-        send(end=True)
-
-
-def _child_assert(code, tests, lang, snapshot, probe, send):
-    module = type(sys)("solution")  # importable as `solution` by the tests
-    module.__file__ = lang["source_file"]
-    sys.modules["solution"] = module
-    try:
-        exec(code, module.__dict__)
-    except BaseException as e:  # noqa: BLE001 - SystemExit included: exiting early is a failure
-        send(error=f"the program raised {type(e).__name__}: {str(e)[:300]}")
-        return
-    scope = {k: v for k, v in module.__dict__.items() if k not in snapshot}
-    scope.update(__name__="__main__", __builtins__=snapshot, __rl_probe__=probe)
-    try:
-        exec(tests, scope)
-    except BaseException as e:  # noqa: BLE001
-        send(error=f"the tests raised {type(e).__name__}: {str(e)[:300]}")
-        return
-    send(done=True)
-
-
 def main():
+    with open("harness_config.marshal", "rb") as f:
+        cfg = marshal.load(f)
+    child = None
+    if cfg["mode"] == "assert":  # the assert side lives in its own file, run in this namespace
+        with open("harness_assert.py", "rb") as f:
+            exec(compile(f.read(), "harness_assert.py", "exec"), globals())
+        child = globals()["start_assert"](cfg)
     token = b""
     while not token.endswith(b"\n"):
         chunk = os.read(0, 256)
@@ -351,13 +289,11 @@ def main():
     devnull = os.open("/dev/null", os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
-    with open("harness_config.marshal", "rb") as f:
-        cfg = marshal.load(f)
     chan = Channel(token.decode().strip())
     if cfg["mode"] == "stdio":
         run_stdio(cfg, chan)
     else:
-        run_assert(cfg, chan)
+        globals()["run_assert"](cfg, chan, child)
 
 
 if __name__ == "__main__":

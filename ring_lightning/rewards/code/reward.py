@@ -54,6 +54,7 @@ from ring_lightning.rewards.extraction import last_fenced_block
 from ring_lightning.rewards.code.sandbox import Isolation, Sandbox
 
 HARNESS_SOURCE = Path(__file__).with_name("harness.py").read_text()
+HARNESS_ASSERT_SOURCE = Path(__file__).with_name("harness_assert.py").read_text()
 TEST_TYPES = ("stdio", "assert")
 
 
@@ -125,6 +126,20 @@ def extract_program(response: str, language: Language) -> str:
     return block if block is not None else response
 
 
+_CHILD_RECORDS = ({"a", "v"}, {"a", "e"}, {"error"}, {"done"})  # what the assert child writes
+
+
+def _child_record(text: Any) -> dict[str, Any] | None:
+    """A record of the assert child (`harness_assert.py`), or None when it is not one it writes."""
+    try:
+        rec = json.loads(text) if isinstance(text, str) else None
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(rec, dict) or set(rec) not in _CHILD_RECORDS or rec.get("done", True) is not True:
+        return None
+    return rec if isinstance(rec.get("a", 0), int) and not isinstance(rec.get("a"), bool) else None
+
+
 class _Judge:
     """Reads the harness's channel incrementally and keeps the verdict; `failed` enables early stop."""
 
@@ -164,6 +179,12 @@ class _Judge:
             self.foreign += 1
             return
         self.events += 1
+        if self.kind == "assert" and "c" in ev:  # a record of the child that ran the program, relayed
+            ev = _child_record(ev["c"])
+            if ev is None:
+                return self._fail("the test run wrote a record its harness never writes (forged or corrupt)")
+        elif self.kind == "assert" and ("a" in ev or "done" in ev):
+            return self._fail("malformed harness message")
         if "compile_error" in ev:
             self._fail(f"compile error: {str(ev['compile_error'])[:500]}")
         elif "error" in ev:
@@ -301,7 +322,7 @@ class CodeReward:
             cpu = limit
         if lang.compile:
             wall += self.compile_timeout_s
-        files = {"harness.py": HARNESS_SOURCE, lang.source_file: program,
+        files = {"harness.py": HARNESS_SOURCE, "harness_assert.py": HARNESS_ASSERT_SOURCE, lang.source_file: program,
                  "harness_config.marshal": marshal.dumps(cfg, 4)}
         res = self.sandbox.run(["{python}", "-I", "-S", "harness.py"], files, stdin=(token + "\n").encode(),
                                timeout_s=wall, channel=True, cpu_time_s=cpu,

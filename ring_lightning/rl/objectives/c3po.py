@@ -8,8 +8,8 @@ Ours: the budget's scope is a knob. "global" (default): Φ is the step's total, 
 numbers (Φ = 409,600 at L·K = 512 × 16 = 8,192 responses on 256 GPUs): 256 × 409,600 = 104.9M tokens
 = 8,192 responses × 12.8k, i.e. Φ is *per GPU* there and trims the long tail of ~12.8k-token
 responses. A global Φ of 409,600 on 8 ranks would train < 1% of the sampled tokens; the Ring-lite
-config therefore sets the global budget 104,857,600 (= 409,600 per GPU at 256 GPUs, 13.1M per rank
-at 8). Fill order ("random" spreads the budget over prompt groups), carry-over and TIS / IcePop
+config therefore reads 104,857,600 as one rollout's budget, split into two clipped updates of
+52,428,800 each (`updates_per_rollout: 2`, our reading of "minibatch size of 2"). Fill order ("random" spreads the budget over prompt groups), carry-over and TIS / IcePop
 are knobs (`rl/budget.py`).
 """
 
@@ -37,6 +37,9 @@ class C3PO:
         fill_order: budget fill order: "batch" (rollout order), "random" or "shortest_first".
         overflow: whole responses past the budget: "drop" or "carry" into the next step.
         max_carry_age: with overflow="carry", the oldest (in steps) a carried response may be.
+        max_carry_fraction: with overflow="carry", the carried responses hold at most this fraction
+            of the rank's budget (so every step trains >= (1 - fraction)·Φ fresh tokens; 1.0 = no cap:
+            leftovers may fill whole steps).
         clip_eps_low: lower PPO clip ε (ratios below 1 − ε are clipped for A < 0).
         clip_eps_high: upper PPO clip ε (DAPO clip-higher when > clip_eps_low).
         kl_coef: β of the k3 KL penalty to the frozen reference; 0 = no reference model.
@@ -50,6 +53,7 @@ class C3PO:
     fill_order: FillOrder = "batch"
     overflow: Overflow = "drop"
     max_carry_age: int = 1
+    max_carry_fraction: float = 0.5
     clip_eps_low: float = 0.2
     clip_eps_high: float = 0.2
     kl_coef: float = 1e-3
@@ -68,6 +72,8 @@ class C3PO:
             raise ValueError(f"C3PO: overflow must be 'drop' or 'carry', got {self.overflow!r}")
         if self.max_carry_age < 1:
             raise ValueError(f"C3PO: max_carry_age must be >= 1, got {self.max_carry_age}")
+        if not 0.0 <= self.max_carry_fraction <= 1.0:
+            raise ValueError(f"C3PO: max_carry_fraction must be in [0, 1], got {self.max_carry_fraction}")
         check_loss_knobs(self)
 
     @property
@@ -86,8 +92,10 @@ class C3PO:
 
     def select(self, lengths: Sequence[int], eligible: Sequence[bool], *, n_carried: int, world_size: int,
                seed: int) -> BudgetPlan | None:
-        return select_budget(lengths, self.rank_budget(world_size), order=self.fill_order, seed=seed,
-                             overflow=self.overflow, eligible=eligible, n_carried_in=n_carried)
+        phi = self.rank_budget(world_size)
+        cap = None if self.max_carry_fraction >= 1.0 else int(self.max_carry_fraction * phi)
+        return select_budget(lengths, phi, order=self.fill_order, seed=seed, overflow=self.overflow,
+                             eligible=eligible, n_carried_in=n_carried, carry_cap=cap)
 
     def finalize(self, plan: BudgetPlan, sum_over_ranks: Callable[[float], float], world_size: int) -> BudgetPlan:
         return plan  # Σ/(rank budget) per rank: the gradient mean over W ranks makes it Σ/(W·rank budget)

@@ -22,10 +22,11 @@ class TinySFT(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.policy, self.tokenizer = load_policy(model, seed=seed)
-        self.sft_tokens_seen = 0
+        self.sft_tokens_seen = self.sft_loss_tokens_seen = 0
 
     def training_step(self, batch, batch_idx):
         self.sft_tokens_seen += batch[0].numel()
+        self.sft_loss_tokens_seen += batch[0].numel()
         return self.policy(input_ids=batch[0], labels=batch[0]).loss
 
     def validation_step(self, batch, batch_idx):
@@ -68,6 +69,8 @@ def test_export_loads_with_load_policy_and_gives_the_same_logits(tmp_path):
     out = export_checkpoint(ckpt, tmp_path / "hf", module_cls=TinySFT)
     assert (out / "config.json").exists() and (out / "tokenizer.json").exists()
     assert not list(tmp_path.glob(".tmp-*"))
+    # an HF architecture stays a plain directory: no remote code (only BailingMoe carries its own)
+    assert "auto_map" not in json.loads((out / "config.json").read_text()) and not list(out.glob("*.py"))
     policy, tok = load_policy(out)
     assert type(policy) is type(model.policy)
     assert torch.allclose(logits_of(policy), logits_of(model.policy), atol=1e-6, rtol=0)
@@ -103,7 +106,7 @@ def test_export_errors_name_the_problem(tmp_path):
         def __init__(self):
             L.LightningModule.__init__(self)
             self.policy, self.tokenizer = load_policy("qwen3-tiny", seed=0)
-            self.sft_tokens_seen = 0
+            self.sft_tokens_seen = self.sft_loss_tokens_seen = 0
 
         def configure_optimizers(self):
             return torch.optim.SGD(self.parameters(), lr=0.1)
@@ -134,7 +137,9 @@ def test_vllm_loads_the_export_and_matches_hf_greedy(bailing_export):
     from vllm import LLM, SamplingParams
 
     out, model = bailing_export
-    assert json.loads((out / "config.json").read_text())["architectures"] == ["BailingMoeForCausalLM"]
+    config = json.loads((out / "config.json").read_text())
+    assert config["architectures"] == ["BailingMoeForCausalLM"]
+    assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_bailing_moe.BailingMoeForCausalLM"
     policy, tok = load_policy(out)
     assert torch.allclose(logits_of(policy), logits_of(model.policy), atol=1e-6, rtol=0)
     prompts = [tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False)

@@ -44,7 +44,7 @@ def test_completed_fit_exports_final_weights_counters_and_kv_cache(tiny_sft_expo
     original, _ = load_policy(str(tiny_sft_export))
     assert any(not torch.equal(v, original.state_dict()[k]) for k, v in trained.items())  # it did train
     meta = json.loads((export / "ring_lightning_meta.json").read_text())
-    assert meta["sft_tokens_seen"] == 200 and meta["rl_tokens_trained"] == 20
+    assert meta["sft_loss_tokens_seen"] == 200 and meta["rl_tokens_trained"] == 20
     assert json.loads((export / "config.json").read_text())["use_cache"] is True
     assert not list(tmp_path.glob(".tmp-*"))
 

@@ -72,10 +72,10 @@ class TinySFT(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.policy, self.tokenizer = load_policy(model, seed=seed)
-        self.sft_tokens_seen = 0
+        self.sft_loss_tokens_seen = 0
 
     def training_step(self, batch, batch_idx):
-        self.sft_tokens_seen += batch[0].numel()
+        self.sft_loss_tokens_seen += batch[0].numel()
         return self.policy(input_ids=batch[0], labels=batch[0]).loss
 
     def validation_step(self, batch, batch_idx):
@@ -178,12 +178,12 @@ def test_missing_entropy_metric_and_missing_token_counter_are_errors(tmp_path):
     class NoCounter(TinySFT):
         def __init__(self):
             super().__init__()
-            del self.sft_tokens_seen
+            del self.sft_loss_tokens_seen
 
         def training_step(self, batch, batch_idx):
             return self.policy(input_ids=batch[0], labels=batch[0]).loss
 
-    with pytest.raises(AttributeError, match="needs pl_module.sft_tokens_seen"):
+    with pytest.raises(AttributeError, match="needs pl_module.sft_loss_tokens_seen"):
         fit(tmp_path, [RLReadinessSelector(dirpath=str(tmp_path / "b")), ScriptedMetrics([0.4, 0.4])],
             model=NoCounter())
 
@@ -204,3 +204,24 @@ def test_report_is_strict_json_with_nan_as_null(tmp_path):
     assert report["candidates"][0]["accuracy"] is None and report["chosen"]["step"] == 4
     assert report["chosen"] == {"path": None, "step": 4, "entropy": 0.45, "accuracy": 0.5, "sft_tokens": 400,
                                 "in_band": True}
+
+
+def test_outside_the_band_the_reason_says_which_way_to_move():
+    below = choose_checkpoint([C(100, 0.25, 0.5), C(200, 0.2, 0.6)], BAND)
+    assert "FEWER SFT steps" in below.reason and "step 100" in below.reason
+    above = choose_checkpoint([C(100, 0.9, 0.5), C(200, 0.7, 0.6)], BAND)
+    assert "MORE SFT steps" in above.reason and "step 200" in above.reason
+    crossed = choose_checkpoint([C(100, 0.9, 0.1), C(200, 0.7, 0.2), C(300, 0.2, 0.3)], BAND)
+    assert "between steps 200 and 300" in crossed.reason and "val_check_interval" in crossed.reason
+    inside = choose_checkpoint([C(100, 0.4, 0.1)], BAND)
+    assert "SFT steps" not in inside.reason
+
+
+def test_outside_band_error_stops_the_fit_with_the_advice(tmp_path):
+    sel = RLReadinessSelector(dirpath=str(tmp_path), band=(0.0, 0.01), outside_band="error", save_candidates=False)
+    with pytest.raises(RuntimeError, match="no candidate has entropy in \\[0.0, 0.01\\].*MORE SFT steps"):
+        fit(tmp_path, [sel, ScriptedMetrics([0.5, 0.4])])
+    report = json.loads((tmp_path / "rl_readiness.json").read_text())  # the table is written before the error
+    assert report["fallback"] and len(report["candidates"]) >= 1
+    with pytest.raises(ValueError, match="outside_band must be"):
+        RLReadinessSelector(outside_band="ignore")

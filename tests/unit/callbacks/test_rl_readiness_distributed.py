@@ -48,7 +48,7 @@ class TinySFT(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.policy, self.tokenizer = eos_heavy_policy()
-        self.sft_tokens_seen = 0
+        self.sft_loss_tokens_seen = 0
 
     def configure_model(self):
         if self.device_mesh is not None:  # FSDP2 under ModelParallelStrategy; None when rebuilt for export
@@ -59,7 +59,7 @@ class TinySFT(L.LightningModule):
             fully_shard(self.policy, mesh=mesh)
 
     def training_step(self, batch, batch_idx):
-        self.sft_tokens_seen += batch[0].numel()
+        self.sft_loss_tokens_seen += batch[0].numel()
         return self.policy(input_ids=batch[0], labels=batch[0]).loss
 
     def validation_step(self, batch, batch_idx):

@@ -3,12 +3,15 @@ the data mixture changes, lr / module knobs follow, and the stage survives check
 with a minimal set_stage datamodule and with the real RLModule + RolloutDataModule."""
 
 import math
+import tempfile
 
 import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch.utils.data import DataLoader, IterableDataset
+
+from unit.rl_fixtures import ListLogger
 
 from ring_lightning.callbacks.stage_transition import StageTransition, get_knob, set_knob
 
@@ -73,11 +76,12 @@ class Logged(Callback):
         self.rows.append({k: float(v) for k, v in trainer.callback_metrics.items()})
 
 
-def run(module, dm, cb, steps, ckpt_dir=None, ckpt_path=None, extra=()):
+def run(module, dm, cb, steps, ckpt_dir=None, ckpt_path=None, extra=(), logger=False):
     callbacks = [cb, *extra]
     if ckpt_dir is not None:
         callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, save_last=True, every_n_train_steps=1, save_top_k=-1))
-    trainer = L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=ckpt_dir is not None,
+    trainer = L.Trainer(max_steps=steps, accelerator="cpu", logger=logger, log_every_n_steps=1,
+                        default_root_dir=ckpt_dir or tempfile.mkdtemp(), enable_checkpointing=ckpt_dir is not None,
                         enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks)
     trainer.fit(module, dm, ckpt_path=ckpt_path)
     return trainer
@@ -88,7 +92,7 @@ def test_steps_trigger_switches_mixture_after_exactly_n_steps_independent_of_cal
     dm, module = StageDM(), Scripted()
     cb, log = StageTransition(triggers=["steps"], after_steps=3), Logged()
     trainer = L.Trainer(max_steps=5, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tempfile.mkdtemp(),
                         callbacks=[cb, log] if first else [log, cb])
     trainer.fit(module, dm)
     assert module.drawn == ["src_reasoning"] * 3 + ["src_general"] * 2
@@ -151,13 +155,13 @@ def test_stage_survives_checkpoint_and_resume(tmp_path):
 
     dm2, module2 = StageDM(), Scripted()
     cb2 = StageTransition(after_steps=2, module_knobs={"general": {"loss_kwargs.entropy_coef": 1e-3}})
-    log = Logged()
-    run(module2, dm2, cb2, steps=5, ckpt_path=str(tmp_path / "last.ckpt"), extra=[log])
+    log = ListLogger()  # what reaches the loggers: every callback has logged by then
+    run(module2, dm2, cb2, steps=5, ckpt_path=str(tmp_path / "last.ckpt"), logger=log)
     assert cb2.index == 1 and dm2.calls == ["general"]  # restored, and no further stage exists
     assert module2.drawn == ["src_general"] * 2  # steps 4 and 5 of the resumed run
     assert module2.loss_kwargs["entropy_coef"] == 1e-3
-    assert [r["stage/index"] for r in log.rows] == [1.0, 1.0]
-    assert [r["stage/steps_in_stage"] for r in log.rows] == [2.0, 3.0]
+    assert [r["stage/index"] for _, r in log.rows] == [1.0, 1.0]
+    assert [r["stage/steps_in_stage"] for _, r in log.rows] == [2.0, 3.0]
 
 
 def test_errors_name_the_problem():
@@ -237,3 +241,83 @@ def test_real_c3po_run_switches_mixture_and_rewards_and_resumes(tmp_path):
     run(module2, dm2, cb2, steps=4, ckpt_path=str(tmp_path / "last.ckpt"))
     assert r2.calls == [] and [c[1] for c in g2.calls] == [["instruction"]]
     assert cb2.stage == "general" and dm2.stage == "general" and module2.objective.entropy_coef == 1e-2
+
+
+class LogsEfficiency(Callback):
+    """Logs a signal from a callback (as TokenEfficiency does): 0.1 per step."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        pl_module.log("eff", 0.1 * trainer.global_step, on_step=True, batch_size=1)
+
+
+@pytest.mark.parametrize("first", [True, False])
+def test_a_signal_logged_by_another_callback_triggers_at_the_same_step_in_either_order(first, tmp_path):
+    """The target trigger reads a metric another callback logs in the same hook: listed first or last,
+    the move happens at step 3 (eff = 0.3), not a step late on the previous step's value."""
+    dm, module = StageDM(), Scripted()
+    cb = StageTransition(triggers=["target"], target_metric="eff", target_value=0.3 - 1e-9, record=str(tmp_path / "r.json"))
+    trainer = L.Trainer(max_steps=5, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[cb, LogsEfficiency()] if first else [LogsEfficiency(), cb])
+    trainer.fit(module, dm)
+    assert cb.history[0]["step"] == 3 and cb.history[0]["rule"] == ["target"]
+    assert cb.history[0]["signals"]["eff"] == pytest.approx(0.3)
+    assert module.drawn == ["src_reasoning"] * 3 + ["src_general"] * 2
+
+
+def test_plateau_over_a_window_mean_by_hand():
+    rewards = [0.5, 0.2, 0.6, 0.4, 0.7, 0.5, 0.6, 0.55, 0.6, 0.5, 0.58, 0.52, 0.5, 0.5]
+    dm, module = StageDM(), Scripted(rewards=rewards)
+    cb = StageTransition(triggers=["plateau"], plateau_window=3, min_delta=0.01, patience=3)
+    run(module, dm, cb, steps=14)
+    best, since, fired = None, 0, None
+    for step in range(3, len(rewards) + 1):  # the window is full from step 3
+        mean = sum(rewards[step - 3:step]) / 3
+        if best is None or mean - best > 0.01:
+            best, since = mean, 0
+        else:
+            since += 1
+        if since >= 3:
+            fired = step
+            break
+    assert fired is not None and cb.history[0]["step"] == fired
+    assert cb.history[0]["signals"]["reward/mean"] == rewards[fired - 1]
+
+
+def test_handoff_stop_ends_the_fit_at_the_decision_and_records_rule_step_and_signals(tmp_path):
+    import json
+
+    entropies = [0.8, 0.8, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2]
+    dm, module = StageDM(stages=("reasoning",)), Scripted(entropies=entropies)
+    cb = StageTransition(triggers=["entropy_band", "steps"], after_steps=6, entropy_band=(0.3, 1.0), entropy_patience=2,
+                         handoff="stop", record=str(tmp_path / "st.json"))
+    trainer = run(module, dm, cb, steps=8)
+    assert trainer.global_step == 4 and module.drawn == ["src_reasoning"] * 4  # stopped, no switch in this run
+    rec = json.loads((tmp_path / "st.json").read_text())
+    (move,) = rec["transitions"]
+    assert move["step"] == 4 and move["from"] == "reasoning" and move["to"] == "general"
+    assert move["rule"] == ["entropy_band"] and move["signals"]["train/entropy"] == pytest.approx(0.2)
+    assert rec["end"] is None and rec["handoff"] == "stop"
+    # no rule before the cap: the record says the cap came first
+    dm, module = StageDM(stages=("reasoning",)), Scripted()
+    cb = StageTransition(triggers=["entropy_band"], entropy_band=(0.3, 1.0), handoff="stop",
+                         record=str(tmp_path / "cap.json"))
+    trainer = run(module, dm, cb, steps=3)
+    rec = json.loads((tmp_path / "cap.json").read_text())
+    assert trainer.global_step == 3 and rec["transitions"] == []
+    assert rec["end"]["rule"] is None and "max_steps=3" in rec["end"]["reason"] and rec["end"]["step"] == 3
+
+
+def test_a_move_waits_for_the_end_of_a_rollouts_updates():
+    class Pending(StageDM):
+        pending_updates = 0
+
+    dm, module = Pending(), Scripted()
+
+    class Flip(Callback):  # steps 1..3 are mid-rollout (one later update pending)
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            dm.pending_updates = 1 if trainer.global_step < 4 else 0
+
+    cb = StageTransition(triggers=["steps"], after_steps=2)
+    run(module, dm, cb, steps=6, extra=[Flip()])
+    assert cb.history[0]["step"] == 4

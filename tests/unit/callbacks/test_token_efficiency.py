@@ -20,17 +20,29 @@ from unit.rl_fixtures import FakeEngine, alternating_reward
 
 def test_read_sft_tokens_from_each_kind_of_source(tmp_path):
     (tmp_path / "export").mkdir()
-    (tmp_path / "export" / META_FILE).write_text(json.dumps({"sft_tokens_seen": 1234}))
+    (tmp_path / "export" / META_FILE).write_text(json.dumps({"sft_loss_tokens_seen": 1234}))
     assert read_sft_tokens(tmp_path / "export") == 1234
     (tmp_path / "rl_readiness.json").write_text(json.dumps({"chosen": {"sft_tokens": 777, "step": 3}}))
     assert read_sft_tokens(tmp_path / "rl_readiness.json") == 777
-    torch.save({"state_dict": {}, "sft_tokens_seen": 4321}, tmp_path / "sft.ckpt")
+    torch.save({"state_dict": {}, "sft_tokens_seen": 9000, "sft_loss_tokens_seen": 4321}, tmp_path / "sft.ckpt")
     assert read_sft_tokens(tmp_path / "sft.ckpt") == 4321
-    (tmp_path / "bad.json").write_text(json.dumps({"sft_tokens_seen": 0}))
-    with pytest.raises(ValueError, match=r"bad.json \['sft_tokens_seen'\] must be a positive"):
+    (tmp_path / "bad.json").write_text(json.dumps({"sft_loss_tokens_seen": 0}))
+    with pytest.raises(ValueError, match=r"bad.json \['sft_loss_tokens_seen'\] must be a positive"):
         read_sft_tokens(tmp_path / "bad.json")
     with pytest.raises(FileNotFoundError, match="no SFT token record"):
         read_sft_tokens(tmp_path / "nowhere")
+
+
+def test_the_denominator_is_the_sft_loss_tokens_like_the_rl_numerator(tmp_path):
+    """RL counts its loss (response) tokens; the SFT side must too, not every packed token with the
+    prompts (the bug: an export with both counters gave RLModule.sft_tokens = all tokens)."""
+    from ring_lightning.models.export import read_sft_tokens as export_tokens
+
+    (tmp_path / META_FILE).write_text(json.dumps({"sft_tokens_seen": 9000, "sft_loss_tokens_seen": 4000}))
+    assert export_tokens(tmp_path) == 4000 and read_sft_tokens(tmp_path) == 4000
+    (tmp_path / META_FILE).write_text(json.dumps({"sft_tokens_seen": 9000}))  # an older export: said, not silent
+    with pytest.warns(UserWarning, match="prompts included.*understated"):
+        assert export_tokens(tmp_path) == 9000
 
 
 class Logged(Callback):

@@ -95,3 +95,28 @@ def test_rl_rows_use_the_same_partition():
         rl_task_rows("addition", 3, split="test")
     with pytest.raises(ValueError, match="only .* distinct prompts exist"):
         rl_task_rows("addition", 200, split="heldout")
+
+
+def test_the_sft_entropy_probe_is_disjoint_from_every_heldout_evaluation_set():
+    """The quickstart's EntropyMonitor probe (sft.yaml) and the pipeline's evaluation sets
+    (pipeline.yaml) share no prompt: the SFT checkpoint is not chosen on the questions it is scored on.
+    Before the probe partition, 26 of the 32 probe prompts were held-out math questions."""
+    from pathlib import Path
+
+    import yaml
+
+    from ring_lightning.callbacks.entropy import rows_from_source
+    from ring_lightning.data.rollouts.stream import PromptSource
+
+    root = Path(__file__).parents[3] / "configs" / "quickstart"
+    sft = yaml.safe_load((root / "sft.yaml").read_text())
+    (monitor,) = [c["init_args"] for c in sft["trainer"]["callbacks"] if c["class_path"].endswith("EntropyMonitor")]
+    probe = rows_from_source(synthetic_task=monitor["synthetic_task"], synthetic_prompts=monitor["synthetic_prompts"])
+    assert len(probe) == monitor["synthetic_prompts"] == 32
+    assert all(synthetic.is_probe(r.prompt_text) for r in probe)
+    sets = yaml.safe_load((root / "pipeline.yaml").read_text())["evaluation"]["sets"]
+    for name, src in sets.items():
+        rows = PromptSource(**src).load(name)
+        assert not {r.prompt_text for r in rows} & {r.prompt_text for r in probe}, name
+    math = PromptSource(**sets["math"]).load("math")
+    assert len(math) == 73 and all(synthetic.is_eval(r.prompt_text) for r in math)  # every eval question

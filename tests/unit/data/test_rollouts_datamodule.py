@@ -146,6 +146,24 @@ def test_carry_over_puts_unused_responses_first_with_trainer_old_logprobs():
     assert all(r.age == 1 for r in dm.sampler_state.carried)
 
 
+def test_carried_leftovers_are_capped_so_every_step_trains_fresh_responses():
+    """16 responses of ~7 tokens against Φ = 40: the leftovers hold more than Φ. Uncapped, step 2 (and
+    every later one) trained only on one-step-old responses; capped at half of Φ, >= 20 fresh tokens."""
+    dm = make_dm(phi=40, overflow="carry", logprob_fn=lambda rs: [torch.full((r.length,), -2.0) for r in rs])
+    first = dm.next_rollout()
+    leftover = first.metrics["rollout/generated_tokens"] - 40
+    assert leftover > 40  # the situation of the bug
+    for _ in range(3):
+        held = sum(r.length for r in dm.sampler_state.carried)
+        assert 0 < held <= 20
+        batch = dm.next_rollout()
+        fresh = sum(int(mb.loss_mask[b].sum()) for mb in batch.micro_batches for b, i in enumerate(mb.sample_index)
+                    if i >= 0 and batch.responses[int(i)].age == 0)
+        assert loss_tokens(batch) == 40 and fresh >= 20
+    with pytest.raises(ValueError, match="max_carry_fraction must be in"):
+        C3PO(max_carry_fraction=1.5)
+
+
 def test_used_token_fraction_and_prompts_covered_are_logged_and_a_low_fraction_warns_once():
     dm = make_dm(phi=20, min_used_token_fraction=0.5)
     with pytest.warns(UserWarning, match=r"trained on .* min_used_token_fraction=0.5\): .*token_budget"):

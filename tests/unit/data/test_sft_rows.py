@@ -1,4 +1,5 @@
-"""SFT rows: schema errors name file and row, skip-and-count, readers, assistant-only mask, overlong rule."""
+"""SFT rows: schema errors name file and row, skip-and-count, readers, assistant-only mask, overlong rule;
+TRL's prompt/completion and text rows."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import torch
 
 from ring_lightning.data.sft.packing import IGNORE_INDEX
 from ring_lightning.data.sft.datamodule import SFTDataModule
-from ring_lightning.data.sft.rows import SFTRowError, encode_conversation, parse_sft_row
+from ring_lightning.data.sft.masks import encode_conversation
+from ring_lightning.data.sft.rows import TEXT_ROLE, SFTRowError, parse_sft_row
 from ring_lightning.models.loading import load_tokenizer
 
 GOOD = {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"},
@@ -27,7 +29,14 @@ def stream(dm: SFTDataModule, split: str = "train"):
 
 
 @pytest.mark.parametrize("row, message", [
-    ({"id": 1}, "needs a 'messages' list or 'prompt' and 'response'"),
+    ({"id": 1}, "needs a 'messages' list, 'prompt' and 'response' \\(or TRL's 'completion'\\), or a 'text' string"),
+    ({"prompt": "q", "completion": [{"role": "user", "content": "a"}]}, "'completion' has no assistant turn"),
+    ({"prompt": [{"role": "user", "content": "q"}], "completion": [{"role": "assistant", "content": " "}]},
+     r"completion\[0\] is an empty assistant turn"),
+    ({"prompt": [{"role": "robot", "content": "q"}], "completion": "a"}, r"prompt\[0\] has unknown role 'robot'"),
+    ({"prompt": "q", "completion": ""}, "'completion' must be a non-empty string"),
+    ({"text": "   "}, "'text' must be a non-empty string"),
+    ({"text": 3}, "'text' must be a non-empty string"),
     ({"messages": [{"role": "wizard", "content": "x"}]}, r"messages\[0\] has unknown role 'wizard'"),
     ({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "  "}]},
      r"messages\[1\] is an empty assistant turn"),
@@ -133,3 +142,30 @@ def test_shuffle_is_seeded_and_changes_with_the_epoch():
     other = stream(dm)
     assert not all(torch.equal(a.input_ids, b.input_ids) for a, b in zip(first, other))
     assert sum(int(b.num_tokens) for b in first) == sum(int(b.num_tokens) for b in other)  # same documents
+
+
+def test_trl_prompt_completion_rows_become_a_chat():
+    user, answer = {"role": "user", "content": "3+4?"}, {"role": "assistant", "content": "\\boxed{7}"}
+    assert parse_sft_row({"prompt": "3+4?", "completion": "\\boxed{7}"}, "x") == [user, answer]
+    system = {"role": "system", "content": "S"}
+    assert parse_sft_row({"prompt": [system, user], "completion": [answer]}, "x") == [system, user, answer]
+
+
+def test_text_rows_train_on_every_token(tmp_path):
+    tok = load_tokenizer()
+    text = "Plain language-model text, no chat template."
+    assert parse_sft_row({"text": text}, "x") == [{"role": TEXT_ROLE, "content": text}]
+    doc = encode_conversation(tok, parse_sft_row({"text": text}, "x"), "x")
+    assert tok.decode(doc.input_ids) == text + tok.eos_token  # EOS appended, no template around it
+    assert all(doc.loss_mask) and doc.num_loss_tokens == len(doc) - 1  # every token after the first
+    # a file mixing the formats (Parquet fills a missing column with None)
+    import datasets
+
+    rows = [{"messages": None, "prompt": None, "completion": None, "text": text},
+            {"messages": None, "prompt": "3+4?", "completion": "\\boxed{7}", "text": None},
+            {"messages": GOOD["messages"], "prompt": None, "completion": None, "text": None}]
+    datasets.Dataset.from_list(rows).to_parquet(str(tmp_path / "mixed.parquet"))
+    (batch,) = stream(SFTDataModule(train=[str(tmp_path / "mixed.parquet")], micro_batch_tokens=256, shuffle_buffer=0))
+    assert batch.stats.tolist()[:3] == [3, 3, 0] and batch.doc_ids.max().item() == 2
+    first = batch.targets[0][:len(doc) - 1]
+    assert first.tolist() == list(doc.input_ids[1:])  # the text document: all of it is a target

@@ -93,7 +93,7 @@ class ExactAnswer:
 
 def test_evaluate_rollouts_counts_correct_samples_per_problem_and_domain():
     rows = [parse_row({"id": "a", "domain": "math", "prompt": "1+1?", "answer": "2"}, "test row 0"),
-            parse_row({"id": "b", "domain": "logic", "prompt": "x?", "answer": "y"}, "test row 1"),
+            parse_row({"id": "b", "domain": "logic", "prompt": "x?", "answer": "y", "meta": {"task": "countdown"}}, "test row 1"),
             parse_row({"id": "c", "domain": "math", "prompt": "2+2?", "answer": "bad"}, "test row 2")]
     engine = ScriptedEngine({0: ["2", "3", "2", "2"], 1: ["n", "n", "n", "y"], 2: ["bad"] * 4})
     metrics = {"all": PassAtK(k=[2]), "math": PassAtK(k=[2])}

@@ -16,7 +16,8 @@ def rows(n):
     out = []
     for i in range(n):
         dom = "math" if i % 2 == 0 else "logic"
-        out.append(parse_row({"id": f"p{i}", "domain": dom, "prompt": f"q{i}", "answer": str(i)}, f"row {i}"))
+        out.append(parse_row({"id": f"p{i}", "domain": dom, "prompt": f"q{i}", "answer": str(i),
+                              "meta": {"task": "countdown"}}, f"row {i}"))
     return out
 
 

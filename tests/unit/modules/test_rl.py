@@ -99,11 +99,13 @@ def test_grpo_mode_trains_on_every_response():
 
 
 def test_a_step_of_carried_responses_only_logs_no_stale_mismatch(tmp_path):
-    """Step 2 trains only carried responses: no train-vs-inference mismatch is measured, and none is logged
-    (Lightning would repeat step 1's value unless the module hides it)."""
+    """Step 2 trains only carried responses (max_carry_fraction 1.0 lets leftovers fill a step): no
+    train-vs-inference mismatch is measured, and none is logged (Lightning would repeat step 1's value
+    unless the module hides it)."""
     dm = RolloutDataModule(sources={"a": PromptSource(task="arithmetic_steps", size=40)}, engine=recording_engine(),
                            reward=ParityReward(), prompts_per_step=4, samples_per_prompt=4, max_response_tokens=14)
-    module = RLModule(model="bailing-tiny", parity=False, objective=C3PO(token_budget=64, overflow="carry"))
+    module = RLModule(model="bailing-tiny", parity=False, objective=C3PO(token_budget=64, overflow="carry",
+                                                                        max_carry_fraction=1.0))
     logged = ListLogger()
     trainer = L.Trainer(max_steps=2, accelerator="cpu", logger=logged, enable_progress_bar=False,
                         enable_model_summary=False, log_every_n_steps=1, enable_checkpointing=False)
@@ -119,7 +121,7 @@ def test_checkpoint_saves_counters_stage_and_resumes(tmp_path):
     policy_module.configure_model()
     policy_module.policy.save_pretrained(model_dir)
     policy_module.tokenizer.save_pretrained(model_dir)
-    (model_dir / "ring_lightning_meta.json").write_text(json.dumps({"sft_tokens_seen": 5000}))
+    (model_dir / "ring_lightning_meta.json").write_text(json.dumps({"sft_loss_tokens_seen": 5000}))
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, every_n_train_steps=2)
     sources = {"a": PromptSource(task="arithmetic_steps", size=40), "b": PromptSource(task="countdown", size=40)}
     stages = {"reasoning": {"a": 1.0}, "general": {"b": 1.0}}
@@ -152,7 +154,7 @@ def test_checkpoint_saves_counters_stage_and_resumes(tmp_path):
     assert rec.metrics[-1]["rollout/staleness_max"] == 0.0 and rec.metrics[-1]["reward/logic/count"] > 0
     exported = module.export_hf(tmp_path / "rl_export")  # the next stage's input
     meta = json.loads((exported / "ring_lightning_meta.json").read_text())
-    assert meta == {"sft_tokens_seen": 5000, "rl_tokens_trained": 128,
+    assert meta == {"sft_loss_tokens_seen": 5000, "rl_tokens_trained": 128,
                     "rl_tokens_generated": module.rl_tokens_generated}
     reloaded = RLModule(model=str(exported), parity=False)
     reloaded.configure_model()

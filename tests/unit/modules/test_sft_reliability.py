@@ -110,9 +110,9 @@ def test_every_export_carries_the_sft_token_counter(tmp_path):
     out = module.export_hf(tmp_path / "direct")
     meta = json.loads((out / META_FILE).read_text())
     assert meta == {"sft_tokens_seen": module.sft_tokens_seen, "sft_loss_tokens_seen": module.sft_loss_tokens_seen}
-    assert read_sft_tokens(out) == module.sft_tokens_seen  # what TokenEfficiency / RLModule read
+    assert read_sft_tokens(out) == module.sft_loss_tokens_seen  # what TokenEfficiency / RLModule read: loss tokens
     # the checkpoint export path (callbacks/export.py, used by RLReadinessSelector and the pipeline)
     trainer.save_checkpoint(tmp_path / "sft.ckpt")
     exported = export_checkpoint(tmp_path / "sft.ckpt", tmp_path / "from_ckpt")
-    assert read_sft_tokens(exported) == module.sft_tokens_seen
+    assert read_sft_tokens(exported) == module.sft_loss_tokens_seen
     assert not list(exported.glob(".tmp-*"))

@@ -116,3 +116,8 @@ def test_literal_precheck_never_changes_a_result():
         rule = _Rule(pattern, "test")
         for text in texts:
             assert bool(rule.search(text, text.casefold())) == bool(rule.pattern.search(text)), (pattern, text)
+
+
+def test_a_logic_row_verified_from_its_meta_needs_no_answer():
+    meta = {"task": "countdown", "numbers": [1, 2, 3], "target": 6}
+    assert reason(Cleaner(), row("Make 6 from 1, 2, 3.", None, domain="logic", meta=meta)) is None

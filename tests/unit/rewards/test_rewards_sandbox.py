@@ -202,8 +202,13 @@ def test_rigged_equality_and_patched_builtins(reward, no_leftovers):
 def test_forged_channel_messages_are_ignored(reward, no_leftovers):
     forged = ('{"t": "guess", "end": true}\\n{"t": "guess", "a": 0, "v": [["i", "0x3"]]}\\n'
               '{"t": "guess", "a": 1, "v": [["i", "0x2a"]]}\\n')
+    # The assert child holds no result channel: its fd 3 is closed, the write fails.
     r, info = score(reward, f"import os\nos.write(3, b'{forged}')\nos._exit(0)\ndef add(a, b): return 0", ADD_ASSERT)
-    assert r == 0.0 and info.get("foreign_messages", 0) >= 3
+    assert r == 0.0 and "OSError" in info["reason"] and info.get("foreign_messages", 0) == 0, info
+    # Written on the child's own pipe instead (without its key): refused as forged.
+    r, info = score(reward, f"import os\nfor fd in range(3, 64):\n    try: os.write(fd, b'{forged}')\n"
+                            "    except OSError: pass\nos._exit(0)\ndef add(a, b): return 0", ADD_ASSERT)
+    assert r == 0.0 and "forged" in info["reason"], info
 
 
 @pytest.mark.parametrize("isolation", ["namespaces", "process"])

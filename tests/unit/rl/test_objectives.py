@@ -132,11 +132,16 @@ def test_per_rank_scope_trains_phi_on_every_rank_and_global_splits_it():
         C3PO(budget_scope="node")
 
 
-def _simulate_rank(objective, world, L=512, K=16, mean=6000.0, cap=24_576, refill=512, max_rounds=4, seed=0):
-    """One rank's step at the report's shape: its L/W prompts × K lognormal lengths (sigma 0.8), refill
-    rounds of `refill` global prompts while short (as RolloutSampler does); returns (plan, lengths, groups)."""
+def _simulate_rank(objective, world, L=512, K=16, mean=6000.0, cap=24_576, refill=512, max_rounds=4, seed=0,
+                   n_updates=1):
+    """One rank's rollout at the report's shape: its L/W prompts × K lognormal lengths (sigma 0.8), refill
+    rounds of `refill` global prompts while short (as RolloutSampler does); `n_updates` disjoint plans
+    (data/rollouts/updates.py); returns (plans, lengths, groups)."""
     import math
     import random
+
+    from ring_lightning.data.rollouts.updates import plan_updates
+    from ring_lightning.rl.batch import Response
 
     rng = random.Random(seed)
     mu = math.log(mean) - 0.32  # lognormal mean = exp(mu + sigma²/2), sigma = 0.8
@@ -149,11 +154,16 @@ def _simulate_rank(objective, world, L=512, K=16, mean=6000.0, cap=24_576, refil
                 lengths.append(min(cap, max(1, int(rng.lognormvariate(mu, 0.8)))))
                 groups.append(g)
 
+    class Stub:  # plan_updates reads only .length and .valid
+        def __init__(self, n):
+            self.length, self.valid = n, True
+
     draw(L)
     for _ in range(max_rounds + 1):
-        plan = objective.select(lengths, [True] * len(lengths), n_carried=0, world_size=world, seed=seed)
-        if not plan.need_more:
-            return plan, lengths, groups
+        plans = plan_updates(objective, [Stub(n) for n in lengths], n_updates=n_updates, n_carried=0,
+                             world_size=world, seed=seed)
+        if len(plans) == n_updates and not plans[-1].need_more:
+            return plans, lengths, groups
         draw(refill)
     raise AssertionError("still short after the refill rounds")
 
@@ -161,17 +171,24 @@ def _simulate_rank(objective, world, L=512, K=16, mean=6000.0, cap=24_576, refil
 @pytest.mark.parametrize("world", [8, 256])
 @pytest.mark.parametrize("mean", [6000.0, 12000.0])
 def test_ring_lite_budget_at_the_report_shape_trains_most_prompts_and_tokens(world, mean):
-    """The Ring-lite config's objective (global Φ = 104,857,600 = 256 × 409,600, random fill) at
-    L=512, K=16 on 8 and 256 ranks: exactly Φ/W per rank, ≥ 90% of the prompts and ≥ 50% of the
-    sampled tokens trained. The old reading (global Φ = 409,600, batch order) trains < 1% on 8 ranks."""
+    """The Ring-lite config (global Φ = 52,428,800 per update, two updates per rollout = 256 × 409,600
+    per rollout, random fill) at L=512, K=16 on 8 and 256 ranks: exactly Φ/W per rank and update, two
+    disjoint selections, ≥ 90% of the prompts and ≥ 50% of the sampled tokens trained; with long
+    responses the budget caps the trained tokens per sampled response at Φ·N/W / responses < the mean
+    length. The old reading (global Φ = 409,600, batch order) trains < 1% on 8 ranks."""
     cfg = yaml.safe_load((Path(__file__).parents[3] / "configs/ring_lite_2507/rl_reasoning.yaml").read_text())
     knobs = cfg["model"]["init_args"]["objective"]["init_args"]
+    n_updates = cfg["data"]["init_args"]["updates_per_rollout"]
     objective = C3PO(**{k: knobs[k] for k in ("token_budget", "budget_scope", "fill_order")})
-    plan, lengths, groups = _simulate_rank(objective, world, mean=mean)
-    assert plan.n_tokens == objective.token_budget // world
-    covered = {groups[p.index] for p in plan.pieces}
+    plans, lengths, groups = _simulate_rank(objective, world, mean=mean, n_updates=n_updates)
+    assert n_updates == 2 and [p.n_tokens for p in plans] == [objective.token_budget // world] * 2
+    used = [p.index for plan in plans for p in plan.pieces]
+    assert len(used) == len(set(used))  # disjoint
+    covered = {groups[i] for i in used}
+    trained = sum(p.n_tokens for p in plans)
     assert len(covered) / len(set(groups)) >= 0.9
-    assert plan.n_tokens / sum(lengths) >= 0.5
+    assert trained / sum(lengths) >= 0.5
+    assert trained / len(lengths) < sum(lengths) / len(lengths)  # the budget, not the samples, sets the size
     if world == 8:
-        old, old_lengths, _ = _simulate_rank(C3PO(token_budget=409_600, fill_order="batch"), world, mean=mean)
+        (old,), old_lengths, _ = _simulate_rank(C3PO(token_budget=409_600, fill_order="batch"), world, mean=mean)
         assert old.n_tokens / sum(old_lengths) < 0.01

@@ -1,20 +1,22 @@
-"""Routed-expert compute for a Mixture-of-Experts block: three interchangeable implementations.
+"""Routed-expert compute and router losses of the BailingMoe MoE block (standalone: torch only).
 
-Ring-lite (arXiv 2506.14731) trains Ling-lite's 64-expert top-6 MoE but does not describe its expert
-kernels; the choice below is ours (grouping tokens by expert so cost follows the active experts).
+ring_lightning copies this file into every BailingMoe export next to `modeling_bailing_moe.py`.
 
-Every implementation takes the tokens `x` [N, H], the router's choice `topk_idx` [N, K] and weights
-`topk_weight` [N, K] (fp32), and the experts as an `nn.ModuleList` of SwiGLU MLPs
+Experts: every implementation takes the tokens `x` [N, H], the router's choice `topk_idx` [N, K] and
+weights `topk_weight` [N, K] (fp32), and the experts as an `nn.ModuleList` of SwiGLU MLPs
 (`gate_proj`, `up_proj`, `down_proj`), and returns `sum_k topk_weight[n, k] * expert_{idx[n, k]}(x[n])`
-[N, H]. Experts stay separate modules so parameter names equal the published Ling / Ring checkpoint
-names (`mlp.experts.{i}.gate_proj.weight`), which vLLM's loader expects.
+[N, H]: "grouped" (sort tokens by expert, run each active expert once), "grouped_mm"
+(`torch._grouped_mm` over stacked weights, bias-free experts) and "naive" (every expert on every
+token; the reference). Experts stay separate modules so parameter names equal the published Ling /
+Ring checkpoint names (`mlp.experts.{i}.gate_proj.weight`), which vLLM's loader expects.
 
-Choices and details: docs/design.md#models-moe-experts.
+Router losses: a Switch-Transformer load-balance loss (Fedus et al. 2021, eq. 4-6) and an ST-MoE
+router z-loss (Zoph et al. 2022, eq. 5). Ring-lite (arXiv 2506.14731) states neither choice.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -86,3 +88,49 @@ EXPERT_IMPLEMENTATIONS: dict[str, Callable[..., torch.Tensor]] = {
     "naive": routed_experts_naive,
 }
 
+
+def compute_dtype(logits: torch.Tensor) -> torch.dtype:
+    """float32 for 16/32-bit router logits, float64 for float64 ones."""
+    return torch.promote_types(logits.dtype, torch.float32)
+
+
+def flat_token_mask(token_mask: torch.Tensor | None, n_tokens: int, device: torch.device,
+               dtype: torch.dtype = torch.float32) -> torch.Tensor | None:
+    if token_mask is None:
+        return None
+    mask = token_mask.reshape(-1).to(device=device, dtype=dtype)  # [B*T]
+    if mask.numel() != n_tokens:
+        raise ValueError(f"token_mask has {mask.numel()} entries but router logits have {n_tokens} rows; "
+                         "pass the [B, T] mask of the same batch (1 = real token)")
+    return mask
+
+
+def load_balance_loss(router_logits: Sequence[torch.Tensor], top_k: int,
+                      token_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Switch load-balance loss averaged over layers (1.0 = uniform). Args: logits [B*T, E] per layer."""
+    losses = []
+    for logits in router_logits:
+        n, e = logits.shape
+        dt = compute_dtype(logits)
+        probs = torch.softmax(logits.to(dt), dim=-1)  # [N, E]
+        chosen = torch.topk(probs, top_k, dim=-1).indices  # [N, K]
+        mask = flat_token_mask(token_mask, n, logits.device, dt)
+        weight = torch.ones(n, device=logits.device, dtype=dt) if mask is None else mask  # [N]
+        total = weight.sum().clamp_min(1.0)
+        counts = torch.zeros(e, device=logits.device, dtype=dt).scatter_add_(
+            0, chosen.reshape(-1), weight.repeat_interleave(top_k))  # [E]
+        frac_tokens = counts / (total * top_k)  # [E], sums to 1
+        mean_prob = (probs * weight[:, None]).sum(0) / total  # [E]
+        losses.append(e * (frac_tokens * mean_prob).sum())
+    return torch.stack(losses).mean()
+
+
+def router_z_loss(router_logits: Sequence[torch.Tensor], token_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """ST-MoE router z-loss `mean_tokens(logsumexp(logits)^2)`, averaged over layers."""
+    losses = []
+    for logits in router_logits:
+        dt = compute_dtype(logits)
+        z = torch.logsumexp(logits.to(dt), dim=-1).square()  # [N]
+        mask = flat_token_mask(token_mask, logits.shape[0], logits.device, dt)
+        losses.append(z.mean() if mask is None else (z * mask).sum() / mask.sum().clamp_min(1.0))
+    return torch.stack(losses).mean()

@@ -1,10 +1,12 @@
 """BailingMoeConfig: the config of the Ling / Ring MoE checkpoints (`model_type: "bailing_moe"`).
 
-Field names are those of the published `config.json` files (inclusionAI/Ling-lite-1.5, Ring-lite,
-Ring-lite-2507) and of the fields vLLM's `BailingMoeForCausalLM` reads; the defaults reproduce the
-Ling-lite-1.5 / Ring-lite architecture (16.8B total, 2.75B active), so `BailingMoeConfig()` is that
-shape. Fields this project adds (`router_z_loss_coef`, `moe_implementation`) are ignored by vLLM.
-See `bailing_moe.py` for the model and the choices made where sources disagree.
+Standalone (imports only transformers): ring_lightning copies this file into every BailingMoe export
+(config.json `auto_map`), so `AutoConfig.from_pretrained(export, trust_remote_code=True)` needs no
+ring_lightning. Field names are those of the published `config.json` files (inclusionAI/Ling-lite-1.5,
+Ring-lite, Ring-lite-2507) and of the fields vLLM's `BailingMoeForCausalLM` reads; the defaults
+reproduce the Ling-lite-1.5 / Ring-lite architecture (16.8B total, 2.75B active), so
+`BailingMoeConfig()` is that shape. Fields ring_lightning adds (`router_z_loss_coef`,
+`moe_implementation`) are ignored by vLLM. See `modeling_bailing_moe.py` for the model.
 """
 
 from __future__ import annotations

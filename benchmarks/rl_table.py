@@ -1,0 +1,123 @@
+"""The RL section's rows of `benchmarks/run.py`, built from `bench_rl_step.compare` results.
+
+Per system (a name, optionally `@threads`): end-to-end tokens/s, seconds per step and its split, CPU
+seconds, generation / training tokens/s, and the training part's achieved FLOP/s against the machine's
+measured fp32 matmul peak at the system's thread count. Then each base system's best thread count
+(lowest seconds per step), and every one of our systems against TRL at *its* best thread count.
+
+Training FLOPs (stated in the table): 6 x N x T, N = active parameters per token without the input
+embedding (routed experts count top_k / num_experts of their size; `flops.count_params`), T = the
+step's trained (loss) tokens; achieved FLOP/s = 6 N T / the step's train seconds. Passes that do not
+train (reference-model and old-logprob forwards) and attention scores are not counted, so the figure
+is a lower bound of the hardware's work — and the same convention for every system, TRL included.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from benchmarks.bench_rl_step import RLWorkload, parse_system
+from benchmarks.flops import ParamCount, train_flops
+
+Row = tuple[str, str, str, str]  # section, metric, value, detail
+
+
+def threads_of(name: str, default: int) -> int:
+    """Torch threads a system ran with: its `@N`, else the command's default."""
+    return parse_system(name)[1] or default
+
+
+def best_variants(systems: dict[str, dict[str, float]]) -> dict[str, str]:
+    """{base system: the variant name with the lowest seconds per step}, in first-seen order of the bases."""
+    best: dict[str, str] = {}
+    for name, s in systems.items():
+        base = parse_system(name)[0]
+        if base not in best or s["s_step"] < systems[best[base]]["s_step"]:
+            best[base] = name
+    return best
+
+
+def system_rows(name: str, s: dict[str, float], what: str) -> list[Row]:
+    sec = f"rl {name}"
+    return [
+        (sec, "end-to-end tokens/s (generated + trained)", f"{s['e2e_tok_s']:,.0f}",
+         f"{s['gen_tokens']:.0f} generated + {s['loss_tokens']:.0f} trained per step; {what}"),
+        (sec, "seconds per step", f"{s['s_step']:.3f}",
+         f"rollout {s['s_rollout']:.3f} / reward {s['s_reward']:.3f} / train {s['s_train']:.3f} / "
+         f"sync {s['s_sync']:.3f} / other {s['s_other']:.3f}"),
+        (sec, "CPU seconds per step; tokens per CPU second", f"{s['cpu_s_step']:.3f}; {s['e2e_tok_cpu_s']:,.0f}",
+         "this process (time.process_time): less sensitive to other processes' load"),
+        (sec, "generation / training tokens/s", f"{s['gen_tok_s']:,.0f} / {s['train_tok_s']:,.0f}",
+         f"mean reward {s['reward_mean']:.3f}"),
+    ]
+
+
+def flops_rows(systems: dict[str, dict[str, float]], params: ParamCount, peaks: dict[int, float],
+               default_threads: int) -> list[Row]:
+    """The FLOP formula, the measured peaks, and each system's training FLOP/s against its thread count's peak."""
+    rows: list[Row] = [
+        ("rl", "training FLOPs formula", "6 x N x T",
+         f"N = {params.active_matmul / 1e6:.2f}M active params per token excl. the input embedding "
+         f"({params.active / 1e6:.2f}M active of {params.total / 1e6:.2f}M total; routed experts x top_k / "
+         "num_experts); T = trained tokens; FLOP/s = 6 N T / train seconds (reference / old-logprob "
+         "forwards and attention scores not counted)"),
+    ]
+    for t in sorted(peaks):
+        rows.append(("rl", f"fp32 matmul peak, {t} thread(s)", f"{peaks[t] / 1e9:,.1f} GFLOP/s",
+                     "best of a few 2048 x 2048 torch.matmul in this process"))
+    for name, s in systems.items():
+        t = threads_of(name, default_threads)
+        achieved = train_flops(params, s["loss_tokens"]) / s["s_train"] if s["s_train"] > 0 else 0.0
+        peak = peaks.get(t)
+        share = f"; {achieved / peak:.1%} of peak" if peak else ""
+        rows.append((f"rl {name}", "training GFLOP/s (6NT / train s)", f"{achieved / 1e9:,.2f}{share}",
+                     f"{s['loss_tokens']:.0f} trained tokens in {s['s_train']:.3f} s at {t} torch thread(s)"))
+    return rows
+
+
+def ratio_rows(systems: dict[str, dict[str, float]], trl_version: str | None, default_threads: int) -> list[Row]:
+    """Each base system's best thread count, and each of our systems against TRL's best variant."""
+    best = best_variants(systems)
+    rows: list[Row] = []
+    for base, name in best.items():
+        tried = [n for n in systems if parse_system(n)[0] == base]
+        if len(tried) > 1:
+            rows.append((f"rl {base}", "best thread count (lowest s/step)", f"{threads_of(name, default_threads)}",
+                         "of " + ", ".join(f"{threads_of(n, default_threads)}: {systems[n]['s_step']:.2f} s"
+                                           for n in tried)))
+    if "trl" not in best:
+        return rows
+    t = best["trl"]
+    trl = systems[t]
+    for name, s in systems.items():
+        if parse_system(name)[0] == "trl":
+            continue
+        rows.append((f"rl {name} / TRL best", "steps/s; e2e tokens/s; tokens/CPU-s; steps/CPU-s",
+                     f"{trl['s_step'] / s['s_step']:.2f}x; {s['e2e_tok_s'] / trl['e2e_tok_s']:.2f}x; "
+                     f"{s['e2e_tok_cpu_s'] / trl['e2e_tok_cpu_s']:.2f}x; {trl['cpu_s_step'] / s['cpu_s_step']:.2f}x",
+                     f"vs TRL {trl_version} GRPOTrainer at its best thread count ({t}: "
+                     f"{threads_of(t, default_threads)} thread(s), HF generate) on the same model, prompts, K, "
+                     "max tokens and steps"))
+    return rows
+
+
+def rl_rows(res: dict[str, Any], w: RLWorkload, default_threads: int, params: ParamCount | None = None,
+            peaks: dict[int, float] | None = None) -> list[Row]:
+    """All rows of the RL section (see the module docstring)."""
+    systems = res["systems"]
+    what = (f"{w.model}, L={w.prompts} K={w.samples} <= {w.max_tokens} tokens, Φ={w.phi}; medians of "
+            f"{w.rounds} rounds x {w.steps - w.warmup} steps")
+    rows: list[Row] = [r for name, s in systems.items() for r in system_rows(name, s, what)]
+    if params is not None:
+        rows += flops_rows(systems, params, peaks or {}, default_threads)
+    rows += ratio_rows(systems, res.get("trl_version"), default_threads)
+    if "c3po" in systems and "grpo" in systems:
+        c, g = systems["c3po"], systems["grpo"]
+        rows.append(("rl c3po / grpo", "step seconds; train seconds; step CPU-seconds",
+                     f"{c['s_step'] / g['s_step']:.2f}; {c['s_train'] / g['s_train']:.2f}; "
+                     f"{c['cpu_s_step'] / g['cpu_s_step']:.2f}",
+                     f"C3PO trains Φ={w.phi} tokens/step, GRPO all {g['loss_tokens']:.0f}"))
+    if res.get("engine_start_s"):
+        rows.append(("rl", "vLLM engine start seconds (once)", f"{res['engine_start_s']:.1f}",
+                     "shared by the vLLM runs"))
+    return rows
