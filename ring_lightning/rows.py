@@ -102,15 +102,21 @@ def _messages(raw: Mapping[str, Any], fail) -> list[dict[str, str]]:
     raise fail("needs a non-empty 'prompt' (a string or a list of {role, content}) or a 'messages' list")
 
 
+def _decoded(value: Any, key: str, fail) -> Any:
+    """A field given as a JSON string (Parquet writers flatten objects and lists) decoded; others as they are."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as e:
+        raise fail(f"'{key}' is not valid JSON: {e}") from None
+
+
 def _json_object(value: Any, key: str, fail) -> Mapping[str, Any] | None:
-    """An object field, given as an object or as a JSON string (Parquet writers flatten them)."""
+    """An object field, given as an object or as a JSON string."""
     if value is None or isinstance(value, Mapping):
         return value
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as e:
-            raise fail(f"'{key}' is not valid JSON: {e}") from None
+    value = _decoded(value, key, fail)
     if not isinstance(value, Mapping):
         raise fail(f"'{key}' must be an object, got {type(value).__name__}")
     return value
@@ -144,11 +150,7 @@ def map_fields(raw: Any, fields: Mapping[str, str]) -> Any:
 def _instructions(instructions: Any, fail) -> tuple[dict[str, Any], ...] | None:
     if instructions is None:
         return None
-    if isinstance(instructions, str):
-        try:
-            instructions = json.loads(instructions)
-        except json.JSONDecodeError as e:
-            raise fail(f"'instructions' is not valid JSON: {e}") from None
+    instructions = _decoded(instructions, "instructions", fail)
     if not isinstance(instructions, (list, tuple)) or not all(
         isinstance(i, Mapping) and isinstance(i.get("id"), str) for i in instructions
     ):

@@ -280,9 +280,9 @@ class RLReadinessSelector(Callback):
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         decision = self.decide(warn=self.outside_band == "closest")
-        if trainer.is_global_zero:
-            self._write(trainer, decision)
         if decision.fallback and self.outside_band == "error":
+            if trainer.is_global_zero:
+                self._write(trainer, decision)  # the table, before the error that points at it
             raise RuntimeError(f"RLReadinessSelector: {decision.reason} (outside_band: error; the table is in "
                                f"{self.json_path(trainer)})")
         if self.export_dir is not None:

@@ -114,8 +114,8 @@ class RolloutDataModule(L.LightningDataModule):
         eval_batch_size: int = 16,
     ) -> None:
         super().__init__()
-        _check_counts(prompts_per_step=prompts_per_step, samples_per_prompt=samples_per_prompt,
-                      updates_per_rollout=updates_per_rollout, max_staleness=max_staleness + 1)
+        _check_at_least(prompts_per_step=(prompts_per_step, 1), samples_per_prompt=(samples_per_prompt, 1),
+                        updates_per_rollout=(updates_per_rollout, 1), max_staleness=(max_staleness, 0))
         self.sources = {k: (v if isinstance(v, PromptSource) else PromptSource(**v)) for k, v in sources.items()}
         self.stages = stages or {"default": dict.fromkeys(self.sources, 1.0)}
         self.initial_stage = stage or next(iter(self.stages))
@@ -344,9 +344,8 @@ class RolloutDataModule(L.LightningDataModule):
         self._pending_state = None
 
 
-def _check_counts(**counts: int) -> None:
-    """Each knob must be >= 1 (max_staleness is passed + 1: it may be 0)."""
-    for name, value in counts.items():
-        if value < 1:
-            floor = 0 if name == "max_staleness" else 1
-            raise ValueError(f"{name} must be >= {floor}, got {value - 1 if floor == 0 else value}")
+def _check_at_least(**knobs: tuple[int, int]) -> None:
+    """Each knob's value must be >= its floor: name=(value, floor)."""
+    for name, (value, floor) in knobs.items():
+        if value < floor:
+            raise ValueError(f"{name} must be >= {floor}, got {value}")

@@ -76,6 +76,20 @@ class Logged(Callback):
         self.rows.append({k: float(v) for k, v in trainer.callback_metrics.items()})
 
 
+def first_stall(smoothed, min_delta, patience):
+    """The step at which a smoothed series (step, value) has not improved by > min_delta for `patience`
+    steps (the plateau rule, by hand); None if never."""
+    best, since = None, 0
+    for step, value in smoothed:
+        if best is None or value - best > min_delta:
+            best, since = value, 0
+        else:
+            since += 1
+        if since >= patience:
+            return step
+    return None
+
+
 def run(module, dm, cb, steps, ckpt_dir=None, ckpt_path=None, extra=(), logger=False):
     callbacks = [cb, *extra]
     if ckpt_dir is not None:
@@ -107,16 +121,10 @@ def test_plateau_trigger_uses_ema_min_delta_and_patience():
     cb = StageTransition(triggers=["plateau"], ema_decay=0.5, min_delta=0.02, patience=3)
     run(module, dm, cb, steps=12)
     # hand computation of the EMA (decay 0.5) and the improvement test
-    ema, best, since, fired = None, None, 0, None
-    for step, r in enumerate(rewards, start=1):
-        ema = r if ema is None else 0.5 * ema + 0.5 * r
-        if best is None or ema - best > 0.02:
-            best, since = ema, 0
-        else:
-            since += 1
-        if since >= 3:
-            fired = step
-            break
+    emas = [rewards[0]]
+    for r in rewards[1:]:
+        emas.append(0.5 * emas[-1] + 0.5 * r)
+    fired = first_stall(enumerate(emas, start=1), min_delta=0.02, patience=3)
     assert fired is not None and cb.history[0]["step"] == fired
     assert module.drawn[:fired] == ["src_reasoning"] * fired
     assert set(module.drawn[fired:]) == {"src_general"}
@@ -270,16 +278,8 @@ def test_plateau_over_a_window_mean_by_hand():
     dm, module = StageDM(), Scripted(rewards=rewards)
     cb = StageTransition(triggers=["plateau"], plateau_window=3, min_delta=0.01, patience=3)
     run(module, dm, cb, steps=14)
-    best, since, fired = None, 0, None
-    for step in range(3, len(rewards) + 1):  # the window is full from step 3
-        mean = sum(rewards[step - 3:step]) / 3
-        if best is None or mean - best > 0.01:
-            best, since = mean, 0
-        else:
-            since += 1
-        if since >= 3:
-            fired = step
-            break
+    means = [(step, sum(rewards[step - 3:step]) / 3) for step in range(3, len(rewards) + 1)]  # full from step 3
+    fired = first_stall(means, min_delta=0.01, patience=3)
     assert fired is not None and cb.history[0]["step"] == fired
     assert cb.history[0]["signals"]["reward/mean"] == rewards[fired - 1]
 
