@@ -10,6 +10,7 @@ several samples. This file draws those from what a `pipeline` run leaves behind:
 * each stage's CSV logs, `<run_dir>/<stage>/**/metrics.csv` (Lightning's CSVLogger; a resumed
   stage writes a new `version_N`, later versions override the same steps).
 
+The skill-or-shortcut tables (trace modes, compliance, controls): `report_skills.py`.
 Choices and details: docs/design.md#report.
 """
 
@@ -267,7 +268,10 @@ def build_report(run_dir: str | Path) -> Path:
                   "(instruction prompts: every instruction followed), ± its standard error over prompts; "
                   "pass@k unbiased (Chen et al. 2021); changes are paired (same prompts and seeds), ± standard "
                   "error.", ""]
-    lines += heldout_table(evals) + ["", "## Training curves", ""]
+    lines += heldout_table(evals) + [""]
+    from ring_lightning.report_skills import skills_section  # it imports this module's formatting
+
+    lines += skills_section(evals) + ["## Training curves", ""]
     if not plots:
         lines.append("No metrics.csv found under the stage directories (stages without a CSVLogger).")
     for p in plots:

@@ -21,9 +21,12 @@ from typing import Any, Literal
 
 from ring_lightning.data.rollouts.stream import PromptSource
 from ring_lightning.rows import PromptRow
+from ring_lightning.eval.diagnostics import analyze, examples, paired
 from ring_lightning.eval.passk import EvalCounts, evaluate_rollouts, pass_at_k
 from ring_lightning.rewards.base import Reward
 from ring_lightning.rollout.engine import SamplingConfig
+
+DIAGNOSTICS_VERSION = 1  # in the signature: results stored without (or with other) diagnostics are redone
 
 
 @dataclass
@@ -84,7 +87,8 @@ class HeldoutEval:
         """What the results depend on (a resumed pipeline re-evaluates only when this changed)."""
         return {"sets": {n: vars(s) for n, s in self.sets.items()}, "samples_per_prompt": self.samples_per_prompt,
                 "k": self.k, "temperature": self.temperature, "top_p": self.top_p, "max_tokens": self.max_tokens,
-                "seed": self.seed, "correct_threshold": self.correct_threshold}
+                "seed": self.seed, "correct_threshold": self.correct_threshold,
+                "diagnostics": DIAGNOSTICS_VERSION}
 
 
 def summarize(counts: EvalCounts, ks: Sequence[int], domains: Sequence[str] | None = None) -> dict[str, Any]:
@@ -113,10 +117,7 @@ def paired_difference(before: Mapping[str, Any], after: Mapping[str, Any]) -> tu
     nb, na = before["num_samples"], after["num_samples"]
     if len(a) != len(b):
         raise ValueError(f"paired_difference: {len(b)} vs {len(a)} problems; both must score the same prompt set")
-    d = [ai / nai - bi / nbi for ai, nai, bi, nbi in zip(a, na, b, nb)]
-    mean = sum(d) / len(d)
-    var = sum((x - mean) ** 2 for x in d) / (len(d) - 1) if len(d) > 1 else 0.0
-    return mean, math.sqrt(var / len(d))
+    return paired([bi / nbi for bi, nbi in zip(b, nb)], [ai / nai for ai, nai in zip(a, na)])
 
 
 def load_sets(spec: HeldoutEval, reward: Reward | None = None) -> dict[str, list[PromptRow]]:
@@ -153,8 +154,10 @@ def evaluate_model(model_dir: str, spec: HeldoutEval, reward: Reward | None = No
     """Evaluate the HF model directory on every set of `spec`.
 
     Returns {"model", "seconds", "sets": {name: summary}, "domains": {name: {domain: summary}}} where a
-    summary is `summarize`'s dict plus `mean_reward` and `mean_response_tokens`. `reward` defaults to
-    the RL stages' `RewardRouter()`; it is closed afterwards only when created here.
+    summary is `summarize`'s dict plus `mean_reward`, `mean_response_tokens`, `analysis` ({domain:
+    ...}, `eval/diagnostics.analyze`: math trace modes, instruction compliance and shortcut controls)
+    and `examples` (the first prompts' first samples, cut short). `reward` defaults to the RL stages'
+    `RewardRouter()`; it is closed afterwards only when created here.
     """
     import torch
 
@@ -175,9 +178,11 @@ def evaluate_model(model_dir: str, spec: HeldoutEval, reward: Reward | None = No
             sampling = SamplingConfig(temperature=spec.temperature, top_p=spec.top_p, max_tokens=spec.max_tokens,
                                       seed=spec.seed + 7919 * i)
             counts = evaluate_rollouts(engine, tokenizer, rows, reward, spec.samples_per_prompt, sampling,
-                                       correct_threshold=spec.correct_threshold)
+                                       correct_threshold=spec.correct_threshold, keep_texts=True)
             summary = summarize(counts, spec.k)
-            summary.update(mean_reward=counts.mean_reward, mean_response_tokens=counts.mean_response_tokens)
+            summary.update(mean_reward=counts.mean_reward, mean_response_tokens=counts.mean_response_tokens,
+                           analysis=analyze(rows, counts.texts, counts.correct),
+                           examples=examples(rows, counts.texts))
             results["sets"][name] = summary
             if len(set(counts.domains)) > 1:
                 results["domains"][name] = {d: summarize(counts, spec.k, [d]) for d in sorted(set(counts.domains))}

@@ -109,6 +109,8 @@ class EvalCounts:
         domains: the problems' domains, in order.
         mean_reward: mean raw reward over all samples.
         mean_response_tokens: mean response length in tokens.
+        texts: per problem, its sampled texts (only with `keep_texts=True`, else None).
+        correct: per problem, whether each sample was correct (with `texts`, else None).
     """
 
     num_correct: torch.Tensor
@@ -116,6 +118,8 @@ class EvalCounts:
     domains: tuple[str, ...]
     mean_reward: float
     mean_response_tokens: float
+    texts: tuple[tuple[str, ...], ...] | None = None
+    correct: tuple[tuple[bool, ...], ...] | None = None
 
 
 def is_correct(result: RewardResult, threshold: float = 1.0) -> bool:
@@ -125,7 +129,7 @@ def is_correct(result: RewardResult, threshold: float = 1.0) -> bool:
 
 def evaluate_rollouts(engine: RolloutEngine, tokenizer: Any, rows: Sequence[PromptRow], reward: Reward,
                       samples_per_prompt: int, sampling: SamplingConfig, correct_threshold: float = 1.0,
-                      metrics: dict[str, PassAtK] | None = None) -> EvalCounts:
+                      metrics: dict[str, PassAtK] | None = None, keep_texts: bool = False) -> EvalCounts:
     """Sample `samples_per_prompt` responses per row, score them with `reward`, count correct ones.
 
     The validation/test step of an RL module: call it with the batch's rows and update
@@ -142,6 +146,8 @@ def evaluate_rollouts(engine: RolloutEngine, tokenizer: Any, rows: Sequence[Prom
         sampling: sampling settings (temperature, top_p, max_tokens, seed).
         correct_threshold: reward at or above which a valid sample is correct.
         metrics: PassAtK metrics to update: "all" and/or per-domain keys.
+        keep_texts: also return the sampled texts and per-sample correctness (`EvalCounts.texts`,
+            `.correct`); off by default, so a validation loop holds only counts.
     """
     if samples_per_prompt < 1:
         raise ValueError(f"evaluate_rollouts: samples_per_prompt must be >= 1, got {samples_per_prompt}")
@@ -169,6 +175,11 @@ def evaluate_rollouts(engine: RolloutEngine, tokenizer: Any, rows: Sequence[Prom
         if sel:
             metric.update(num_correct[sel], num_samples[sel])
     n_tok = [len(c.token_ids) for cs in comps for c in cs]
+    texts = per_sample = None
+    if keep_texts:
+        texts = tuple(tuple(c.text for c in cs) for cs in comps)
+        flags = [bool(x) for x in correct.tolist()]
+        per_sample = tuple(tuple(flags[i * samples_per_prompt:(i + 1) * samples_per_prompt]) for i in range(len(rows)))
     return EvalCounts(num_correct, num_samples, domains,
                       mean_reward=sum(float(r.reward) for r in results) / len(results),
-                      mean_response_tokens=sum(n_tok) / len(n_tok))
+                      mean_response_tokens=sum(n_tok) / len(n_tok), texts=texts, correct=per_sample)

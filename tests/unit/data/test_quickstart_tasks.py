@@ -1,9 +1,11 @@
-"""The quickstart's synthetic tasks (data/synthetic/problems.py, synthetic_instruction.py, rl_tasks.py): the
-held-out partition is never trained on, the addition traces reason correctly (or guess, wrongly, at
-the documented rate), instruction answers comply only by chance, and the RL rows match."""
+"""The quickstart's synthetic tasks (data/synthetic/problems.py, instruction_pairs.py, partition.py, rl_tasks.py):
+the held-out partition is disjoint by structure (no held-out sum is a permutation of a trained one, no
+held-out constraint pair is trained), the addition traces reason correctly (or guess, wrongly, at the
+documented rate), instruction answers follow at FOLLOW_RATE, and the RL rows match."""
 
 from __future__ import annotations
 
+import random
 import re
 from collections import Counter
 
@@ -12,23 +14,40 @@ import pytest
 from ring_lightning.data.synthetic import problems as synthetic
 from ring_lightning.rows import parse_row
 from ring_lightning.data.synthetic.rl_tasks import rl_task_rows
-from ring_lightning.data.synthetic.problems import generate_problems, is_heldout, prompt_rows, sft_rows
+from ring_lightning.data.synthetic.instruction_pairs import FAMILIES, HELDOUT_PAIRS, TRAIN_PAIRS, pair_answer
+from ring_lightning.data.synthetic.partition import side_of
+from ring_lightning.data.synthetic.problems import generate_problems, prompt_rows, sft_rows
 from ring_lightning.rewards.instruction import InstructionReward
+from ring_lightning.rewards.instruction_checks import CHECKS
 
 ADDITION = re.compile(r"Compute (\d) \+ (\d) \+ (\d)\. Answer in \\boxed\{\}\.")
 
 
-def test_partitioned_tasks_never_train_on_heldout_questions():
-    for task in ("addition", "instruction", "quickstart"):
-        split = generate_problems(task, 600, 40, seed=3)
-        assert len(split["train"]) == 600 and len(split["val"]) == 40
-        assert not any(is_heldout(p.question) for p in split["train"])
-        assert all(is_heldout(p.question) for p in split["val"])
-        assert len({p.question for p in split["val"]}) == 40  # distinct
-        assert sft_rows(task, "train", 50, 5, seed=3) == sft_rows(task, "train", 50, 5, seed=3)
+def _multiset(question: str) -> tuple[int, ...]:
+    return tuple(sorted(int(x) for x in re.findall(r"\d+", question.split(".")[0])))
+
+
+def test_heldout_sums_are_never_permutations_of_training_sums():
+    split = generate_problems("addition", 3000, 214, seed=3)
+    train, held = {_multiset(p.question) for p in split["train"]}, [p.question for p in split["val"]]
+    assert len(set(held)) == 214 and not {_multiset(q) for q in held} & train  # structure, not wording
+    probe = {_multiset(p.question) for p in synthetic.probe_problems("addition", 63)}
+    assert not probe & train and not probe & {_multiset(q) for q in held}
+    assert sft_rows("quickstart", "train", 50, 5, seed=3) == sft_rows("quickstart", "train", 50, 5, seed=3)
     # the held-out side of a 729-problem space is small: asking too much is a clear error
     with pytest.raises(ValueError, match="only .* distinct held-out .* lower the number of val rows"):
-        generate_problems("addition", 1, 500)
+        generate_problems("addition", 1, 215)
+
+
+def test_heldout_countdown_numbers_and_instruction_pairs_are_never_trained():
+    cd = generate_problems("countdown_small", 2000, 100, seed=3)
+    numbers = lambda p: tuple(sorted(p.meta["numbers"]))  # noqa: E731
+    assert not {numbers(p) for p in cd["val"]} & {numbers(p) for p in cd["train"]}
+    ip = generate_problems("instruction_pairs", 2000, 100, seed=3)
+    assert {tuple(p.meta["families"]) for p in ip["train"]} == set(TRAIN_PAIRS)
+    assert {tuple(p.meta["families"]) for p in ip["val"]} == set(HELDOUT_PAIRS)
+    assert set(FAMILIES) == {f for pair in TRAIN_PAIRS for f in pair}  # each family alone is trained
+    assert side_of("addition", "", {"expression": "1 + 2 + 3"}) == side_of("addition", "", {"expression": "3 + 1 + 2"})
 
 
 def test_addition_traces_reason_correctly_or_guess_wrongly():
@@ -49,52 +68,64 @@ def test_addition_traces_reason_correctly_or_guess_wrongly():
     assert abs(guesses / len(problems) - synthetic.QUICK_GUESS_RATE) < 0.04
 
 
-def test_instruction_answers_comply_only_by_chance():
-    problems = generate_problems("instruction", 600, 0, seed=2)["train"]
-    rows = prompt_rows("instruction", "train", 600, 0, seed=2)
-    parsed = [parse_row(r, f"row {i}") for i, r in enumerate(rows)]
-    assert {p.instructions[0]["id"] for p in parsed} == {
-        "change_case:english_lowercase", "length_constraints:number_words", "punctuation:no_comma"}
-    results = InstructionReward()(parsed, [p.answer for p in problems])
-    by_kind: dict[str, list[float]] = {}
-    for row, res in zip(parsed, results):
-        by_kind.setdefault(row.instructions[0]["id"], []).append(res.reward)
-    for kind, rewards in by_kind.items():
-        assert 0.25 < sum(rewards) / len(rewards) < 0.85, kind  # neither ignored nor followed
+def test_instruction_pair_answers_follow_at_the_follow_rate_and_keep_base_rates_elsewhere():
+    problems = generate_problems("instruction_pairs", 3000, 0, seed=2)["train"]
+    rows = [parse_row(r, f"row {i}") for i, r in enumerate(prompt_rows("instruction_pairs", "train", 3000, 0, seed=2))]
+    by_kind: dict[str, list[bool]] = {}
+    upper_unasked = []
+    for p, row in zip(problems, rows):
+        assert row.meta == {"task": "instruction_pairs", "families": p.meta["families"]}
+        for inst in row.instructions:
+            by_kind.setdefault(inst["id"], []).append(CHECKS[inst["id"]].fn(p.answer, **inst["kwargs"]))
+        if "case" not in p.meta["families"]:
+            upper_unasked.append(CHECKS["change_case:english_capital"].fn(p.answer))
+    for kind, ok in by_kind.items():  # FOLLOW_RATE 0.8 + chance: mostly followed, not always
+        assert 0.75 < sum(ok) / len(ok) < 0.95, kind
+    assert abs(sum(upper_unasked) / len(upper_unasked) - 0.25) < 0.04  # RANDOM_CASE's base rate
+    assert InstructionReward()(rows[:1], [problems[0].answer])[0].valid
     chat = synthetic.sft_messages(problems[0])[1]["content"]
     assert chat == f"<think>\n\n</think>\n{problems[0].answer}"
+    with pytest.raises(RuntimeError, match="no answer about 'the sea' follows"):
+        pair_answer(random.Random(0), "the sea", {"length": ("less than", 1)}, follow_rate=1.0)
 
 
-def test_quickstart_interleaves_addition_and_instruction_3_to_1():
+def test_quickstart_mixes_addition_countdown_and_instruction_pairs():
     kinds = Counter(p.task for p in generate_problems("quickstart", 400, 0)["train"])
-    assert kinds == {"addition": 300, "instruction": 100}
+    assert kinds == {"addition": 200, "countdown_small": 50, "instruction_pairs": 150}
     rows = [parse_row(r, f"row {i}") for i, r in enumerate(prompt_rows("quickstart", "val", 10, 8))]
-    assert [r.domain for r in rows] == ["math", "math", "math", "instruction"] * 2
+    assert [r.domain for r in rows] == ["math", "instruction", "math", "logic", "math", "instruction", "math",
+                                        "instruction"]
     assert all("stated_answer" not in r.meta for r in rows)
 
 
 def test_rl_rows_use_the_same_partition():
     train = rl_task_rows("addition", 300, seed=1)  # default split for addition: train
     held = rl_task_rows("addition", 60, seed=1, split="heldout")
-    assert not any(is_heldout(r.prompt_text) for r in train) and all(is_heldout(r.prompt_text) for r in held)
-    assert not {r.prompt_text for r in train} & {r.prompt_text for r in held}
+    assert not {_multiset(r.prompt_text) for r in train} & {_multiset(r.prompt_text) for r in held}
+    sft_train = {_multiset(p.question) for p in generate_problems("addition", 3000, 0, seed=5)["train"]}
+    assert {_multiset(r.prompt_text) for r in train} <= sft_train
     for r in train + held:
         a, b, c = map(int, ADDITION.fullmatch(r.prompt_text).groups())
         assert r.domain == "math" and r.answer == str(a + b + c) and r.meta == {"task": "addition",
                                                                                "expression": f"{a} + {b} + {c}"}
+    ood = rl_task_rows("addition", 50, seed=1, split="ood")
+    assert all(len(_multiset(r.prompt_text)) == 4 and r.answer == str(sum(_multiset(r.prompt_text))) for r in ood)
+    pairs = rl_task_rows("instruction_pairs", 100, seed=2, split="heldout")
+    assert {tuple(r.meta["families"]) for r in pairs} == set(HELDOUT_PAIRS)
+    cd = rl_task_rows("countdown_small", 20, seed=2, split="heldout")
+    assert all(r.domain == "logic" and r.meta["numbers_rule"] == "exactly_once" for r in cd)
     kinds = ["lowercase", "word_limit", "no_comma"]
     i_train = rl_task_rows("instruction", 200, seed=2, kinds=kinds, split="train")
     i_held = rl_task_rows("instruction", 40, seed=2, kinds=kinds, split="heldout")
     assert not {r.prompt_text for r in i_train} & {r.prompt_text for r in i_held}
-    assert all(is_heldout(r.prompt_text) for r in i_held)
-    # the instruction task's default draws from the whole space, as before
-    assert any(is_heldout(r.prompt_text) for r in rl_task_rows("instruction", 300, seed=2, kinds=kinds))
+    with pytest.raises(ValueError, match="split 'ood' exists for 'addition' only"):
+        rl_task_rows("instruction_pairs", 3, split="ood")
     with pytest.raises(ValueError, match="has no held-out partition"):
         rl_task_rows("countdown", 3, split="heldout")
     with pytest.raises(ValueError, match="split must be one of"):
         rl_task_rows("addition", 3, split="test")
     with pytest.raises(ValueError, match="only .* distinct prompts exist"):
-        rl_task_rows("addition", 200, split="heldout")
+        rl_task_rows("addition", 215, split="heldout")
 
 
 def test_the_sft_entropy_probe_is_disjoint_from_every_heldout_evaluation_set():
@@ -113,10 +144,10 @@ def test_the_sft_entropy_probe_is_disjoint_from_every_heldout_evaluation_set():
     (monitor,) = [c["init_args"] for c in sft["trainer"]["callbacks"] if c["class_path"].endswith("EntropyMonitor")]
     probe = rows_from_source(synthetic_task=monitor["synthetic_task"], synthetic_prompts=monitor["synthetic_prompts"])
     assert len(probe) == monitor["synthetic_prompts"] == 32
-    assert all(synthetic.is_probe(r.prompt_text) for r in probe)
+    assert all(side_of("addition", r.prompt_text, r.meta) == "probe" for r in probe)
     sets = yaml.safe_load((root / "pipeline.yaml").read_text())["evaluation"]["sets"]
     for name, src in sets.items():
         rows = PromptSource(**src).load(name)
         assert not {r.prompt_text for r in rows} & {r.prompt_text for r in probe}, name
     math = PromptSource(**sets["math"]).load("math")
-    assert len(math) == 73 and all(synthetic.is_eval(r.prompt_text) for r in math)  # every eval question
+    assert len(math) == 214 and all(side_of("addition", r.prompt_text, r.meta) == "eval" for r in math)  # all of them

@@ -111,6 +111,6 @@ def test_tokenizer_differences_name_each_kind():
     assert diffs[0] == "vocabulary (1105 vs 1108 tokens, 0 with another or no id)"
     assert diffs[1] == "eos token ('<|im_end|>' id 2 vs '<|eot_id|>' id 1107)"
     # the new list replaces the old special tokens (they stay in the vocabulary as plain added tokens)
-    assert diffs[2] == ("special tokens (['</think>', '<think>', '<|im_end|>', '<|im_start|>'] vs "
+    assert diffs[2] == ("special tokens (['<|im_end|>', '<|im_start|>'] vs "  # <think> tags: added, not special
                         "['<|end_header_id|>', '<|eot_id|>', '<|start_header_id|>'])")
     assert diffs[3] == "chat template" and len(diffs) == 4
