@@ -22,6 +22,8 @@ import zlib
 from collections.abc import Mapping
 from typing import Any, Literal
 
+from ring_lightning.data.synthetic.instruction_pairs import HELDOUT_PAIRS
+
 Side = Literal["train", "probe", "eval"]
 EVAL_PERCENT = 35
 PROBE_PERCENT = 10
@@ -46,8 +48,6 @@ def _bucket(kind: str, key: str) -> Side:
 def side_of(kind: str, question: str, meta: Mapping[str, Any]) -> Side:
     """"train", "probe" or "eval": the side of one generated problem."""
     if kind == "instruction_pairs":
-        from ring_lightning.data.synthetic.instruction_pairs import HELDOUT_PAIRS
-
         if tuple(sorted(meta["families"])) not in HELDOUT_PAIRS:
             return "train"
         return "probe" if _bucket(kind, question) == "probe" else "eval"

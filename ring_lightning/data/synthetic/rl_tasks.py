@@ -110,24 +110,23 @@ def _keep(kind: str, split: str):
 
 
 def _structured(task: str, n: int, seed: int, split: str) -> list[dict[str, Any]]:
-    """Rows of the tasks partitioned by structure (data/synthetic/partition.py)."""
+    """Rows of the tasks partitioned by structure (data/synthetic/partition.py). Every `make` returns a
+    generator's (question, steps, answer, meta); an instruction pair's prompt needs no SFT answer."""
     if task == "instruction_pairs":
         def make(rng):
             q, ins, _, wants = pair_prompt(rng, ALL_PAIRS)
-            return q, "", {"instructions": ins, "families": sorted(wants)}
+            return q, (), "", {"instructions": ins, "families": sorted(wants)}
     elif task == "addition" and split == "ood":
         def make(rng):
             return synthetic.GENERATORS["addition"](rng, OOD_TERMS)
     else:
         make = synthetic.GENERATORS[task]
-    keep = _keep(task, split)
 
     def draw(rng):
-        q, *rest = make(rng)
-        a, m = rest[-2:]
+        q, _, a, m = make(rng)
         return q, a, m
 
-    return _unique(n, task, draw, seed, lambda q, a, m: synthetic.row_dict("", task, q, a, m), keep)
+    return _unique(n, task, draw, seed, lambda q, a, m: synthetic.row_dict("", task, q, a, m), _keep(task, split))
 
 
 def _unique(n: int, task: str, make, seed: int, to_row, keep=lambda q, m: True) -> list[dict[str, Any]]:
