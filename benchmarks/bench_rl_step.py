@@ -12,7 +12,10 @@ Systems: `c3po` and `grpo` (the loss modes, issue 4) with the config's vLLM engi
 `c3po-hf` (C3PO with `HFEngine`: transformers `generate` on the trainer's own model, no weight
 transfer); `c3po-async` (C3PO with `max_staleness=1`: the next rollout overlaps this step's training,
 one step off-policy); `c3po-async-hf` / `grpo-async-hf` (the same overlap with `HFEngine(copy_model=True)`:
-`generate` on a private copy of the policy, synced by an in-memory copy); `trl` (TRL's GRPOTrainer, skipped with a message when TRL is not installed).
+`generate` on a private copy of the policy, synced by an in-memory copy); lever probes, each `c3po` with one
+knob changed: `c3po-oldpass` (RLModule's `recompute_old_logprobs=True`: the separate no-grad π_old forward
+that one epoch skips) and `c3po-nokl` (β = kl_coef 0: no reference model, no reference forward; the
+workload's β is the report's 1e-3); `trl` (TRL's GRPOTrainer, skipped with a message when TRL is not installed).
 
 The systems are measured in *rounds*, alternating (c3po, grpo, ..., trl, c3po, grpo, ...), so that
 load from other processes on a shared machine hits all of them alike; each run is a fresh
@@ -20,7 +23,8 @@ load from other processes on a shared machine hits all of them alike; each run i
 (allocator / kernel warm-up), and every figure is the median over the remaining steps of all rounds.
 Per system: generated and trained tokens per step, generation tokens/s, training tokens/s,
 end-to-end (generated + trained) tokens/s over the whole step, seconds per step and the time split
-rollout / reward / train / sync / other (other = step - the four: budget, collation, bookkeeping),
+rollout / reward / train / sync / other (other = step - the four: budget, collation, bookkeeping; rest =
+step - rollout - train, its own median),
 and the CPU seconds of this process per step (`time.process_time`, from the start to the end of the
 optimizer step) with end-to-end tokens per CPU second: on a shared, oversubscribed machine wall
 times swing with other processes' load, CPU time much less (reward worker processes are not in it).
@@ -56,7 +60,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # `benchmarks.*` (the class_path of the shared engine) and package data
 SPLIT = ("time/rollout", "time/reward", "time/train", "time/sync")
 # ring_lightning systems: loss mode, rollout engine ("vllm": the config's engine, shared; "hf": HFEngine on
-# the trainer's own model, all L x K rows in one `generate`), on-policy (max_staleness 0) or one step ahead.
+# the trainer's own model, all L x K rows in one `generate`), on-policy (max_staleness 0) or one step ahead;
+# lever probes change one knob of `build`: kl_coef (None = the workload's) or recompute_old.
 OURS = {
     "c3po": dict(mode="c3po", engine="vllm", staleness=0),
     "grpo": dict(mode="grpo", engine="vllm", staleness=0),
@@ -64,6 +69,8 @@ OURS = {
     "c3po-async": dict(mode="c3po", engine="vllm", staleness=1),
     "c3po-async-hf": dict(mode="c3po", engine="hf-copy", staleness=1),
     "grpo-async-hf": dict(mode="grpo", engine="hf-copy", staleness=1),
+    "c3po-oldpass": dict(mode="c3po", engine="vllm", staleness=0, recompute_old=True),
+    "c3po-nokl": dict(mode="c3po", engine="vllm", staleness=0, kl_coef=0.0),
 }
 SYSTEMS = (*OURS, "trl")
 # `name@N` runs a system with N torch intra-op threads instead of the command's `--threads`: the
@@ -162,8 +169,10 @@ def model_dir(model: str, tmp: Path, **overrides) -> str:
     return str(tmp)
 
 
-def build(w: RLWorkload, mode: str, model: str, engine: str = "vllm", staleness: int = 0):
-    """The ring_lightning CLI objects (trainer, model, datamodule) of one run, not started."""
+def build(w: RLWorkload, mode: str, model: str, engine: str = "vllm", staleness: int = 0,
+          kl_coef: float | None = None, recompute_old: bool = False):
+    """The ring_lightning CLI objects (trainer, model, datamodule) of one run, not started; `kl_coef`
+    replaces the workload's β, `recompute_old` sets RLModule's `recompute_old_logprobs`."""
     from ring_lightning.cli import RingLightningCLI
 
     if engine == "vllm":
@@ -175,13 +184,14 @@ def build(w: RLWorkload, mode: str, model: str, engine: str = "vllm", staleness:
     else:
         raise ValueError(f"unknown engine {engine!r}; expected 'vllm', 'hf' or 'hf-copy'")
     sizes = [f"--data.init_args.sources.{k}.size={v}" for k, v in (w.source_sizes or {}).items()]
-    knobs = {"kl_coef": w.kl_coef, "entropy_coef": w.entropy_coef, "clip_eps_low": w.clip_eps, "clip_eps_high": w.clip_eps}
+    knobs = {"kl_coef": w.kl_coef if kl_coef is None else kl_coef, "entropy_coef": w.entropy_coef,
+             "clip_eps_low": w.clip_eps, "clip_eps_high": w.clip_eps}
     if mode == "c3po":
         knobs["token_budget"] = w.phi
     objective = {"class_path": f"ring_lightning.rl.objectives.{mode.upper()}", "init_args": knobs}
     overrides = [
         "-c", w.config, f"--model.init_args.model={model}", f"--model.init_args.objective={json.dumps(objective)}",
-        "--model.init_args.parity=false",
+        "--model.init_args.parity=false", f"--model.init_args.recompute_old_logprobs={str(recompute_old).lower()}",
         f"--model.init_args.micro_batch_tokens={w.micro_batch_tokens}", f"--model.init_args.lr={w.lr}",
         f"--model.init_args.warmup_steps={w.warmup_lr_steps}",
         f"--model.init_args.router_aux_loss_coef={w.router_aux_loss_coef}",
@@ -252,6 +262,7 @@ def summarize(runs: list[list[dict[str, float]]], warmup: int) -> dict[str, floa
                                                for r in timed),
             **{k.replace("time/", "s_"): v for k, v in split.items()},
             "s_other": max(step - sum(split.values()), 0.0),
+            "s_rest": statistics.median(r["time/step"] - r["time/rollout"] - r["time/train"] for r in timed),
             "reward_mean": statistics.mean(r["reward/mean"] for r in timed),
             "reward_first": runs[0][0]["reward/mean"], "reward_last": runs[-1][-1]["reward/mean"]}
 

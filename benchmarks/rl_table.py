@@ -10,6 +10,10 @@ embedding (routed experts count top_k / num_experts of their size; `flops.count_
 step's trained (loss) tokens; achieved FLOP/s = 6 N T / the step's train seconds. Passes that do not
 train (reference-model and old-logprob forwards) and attention scores are not counted, so the figure
 is a lower bound of the hardware's work — and the same convention for every system, TRL included.
+
+Levers (issue 19), each against its base system at the same thread count: the π_old pass
+(`c3po-oldpass` - `c3po` train seconds), the reference forward (`c3po` - `c3po-nokl`), the one-step-ahead
+overlap (`c3po` - `c3po-async` step seconds), and per-phase threads (`phase_estimate`).
 """
 
 from __future__ import annotations
@@ -101,6 +105,76 @@ def ratio_rows(systems: dict[str, dict[str, float]], trl_version: str | None, de
     return rows
 
 
+# lever system: (base system, the figure compared, what the difference is)
+LEVERS = {
+    "c3po-oldpass": ("c3po", "s_train", "what skipping the separate no-grad π_old forward buys (our default "
+                     "with one epoch; recompute_old_logprobs=True runs it)"),
+    "c3po-nokl": ("c3po", "s_train", "what the reference forward costs at β > 0 (the workload's β); with β = 0 "
+                  "no reference model is built"),
+    "c3po-async": ("c3po", "s_step", "what overlapping the next rollout with training buys (vLLM, one step ahead)"),
+    "c3po-async-hf": ("c3po-hf", "s_step", "what overlapping the next rollout with training buys (private HF copy)"),
+}
+
+
+def lever_rows(systems: dict[str, dict[str, float]], default_threads: int) -> list[Row]:
+    """Per lever system measured with its base at the same thread count: the seconds per step the lever
+    buys (base minus lever for a pass we skip or an overlap; lever minus base for `c3po-oldpass`)."""
+    rows: list[Row] = []
+    for name, s in systems.items():
+        base_sys, threads = parse_system(name)
+        if base_sys not in LEVERS:
+            continue
+        base, key, what = LEVERS[base_sys]
+        ref = next((n for n in systems if parse_system(n)[0] == base
+                    and threads_of(n, default_threads) == threads_of(name, default_threads)), None)
+        if ref is None:
+            continue
+        b = systems[ref]
+        diff = s[key] - b[key] if base_sys == "c3po-oldpass" else b[key] - s[key]
+        label = "train" if key == "s_train" else "step"
+        rows.append((f"rl lever {name}", f"{label} seconds bought per step (vs {ref})",
+                     f"{diff:.3f}; {diff / b['s_step']:.1%} of {ref}'s step",
+                     f"{what}: {label} {s[key]:.3f} s vs {b[key]:.3f} s"
+                     + (f"; step {s['s_step']:.3f} vs {b['s_step']:.3f} s" if key != "s_step" else "")))
+    return rows
+
+
+def phase_estimate(systems: dict[str, dict[str, float]], default_threads: int) -> dict[str, dict[str, Any]]:
+    """Per base system measured at more than one thread count: {threads: (rollout s, train s)}, the best
+    count of each phase, and the step estimate if each phase ran at its best count: min rollout + min
+    train + the rest (step - rollout - train, `s_rest`) of the variant with the lowest seconds per step."""
+    best = best_variants(systems)
+    out: dict[str, dict[str, Any]] = {}
+    for base, best_name in best.items():
+        tried = [n for n in systems if parse_system(n)[0] == base]
+        if len(tried) < 2:
+            continue
+        by_t = {threads_of(n, default_threads): (systems[n]["s_rollout"], systems[n]["s_train"]) for n in tried}
+        t_roll = min(by_t, key=lambda t: by_t[t][0])
+        t_train = min(by_t, key=lambda t: by_t[t][1])
+        rest = systems[best_name]["s_rest"]
+        out[base] = {"threads": by_t, "rollout_threads": t_roll, "train_threads": t_train, "rest": rest,
+                     "best": best_name, "estimate": by_t[t_roll][0] + by_t[t_train][1] + rest}
+    return out
+
+
+def phase_rows(systems: dict[str, dict[str, float]], default_threads: int) -> list[Row]:
+    """The per-phase threads block (`phase_estimate`), with each estimate against TRL at its best."""
+    best = best_variants(systems)
+    trl = systems[best["trl"]]["s_step"] if "trl" in best else None
+    rows: list[Row] = []
+    for base, e in phase_estimate(systems, default_threads).items():
+        split = ", ".join(f"{t}: {r:.2f} / {tr:.2f}" for t, (r, tr) in sorted(e["threads"].items()))
+        vs = f"; {trl / e['estimate']:.2f}x TRL best ({best['trl']})" if trl and base != "trl" else ""
+        rows.append((f"rl threads {base}", "rollout / train seconds at each thread count", split,
+                     f"rollout best at {e['rollout_threads']}, train best at {e['train_threads']} thread(s)"))
+        rows.append((f"rl threads {base}", "step seconds with each phase at its best count (estimate)",
+                     f"{e['estimate']:.3f}{vs}",
+                     f"min rollout + min train + rest {e['rest']:.3f} s (step - rollout - train, median) of "
+                     f"{e['best']}; measured best step {systems[e['best']]['s_step']:.3f} s"))
+    return rows
+
+
 def rl_rows(res: dict[str, Any], w: RLWorkload, default_threads: int, params: ParamCount | None = None,
             peaks: dict[int, float] | None = None) -> list[Row]:
     """All rows of the RL section (see the module docstring)."""
@@ -111,6 +185,7 @@ def rl_rows(res: dict[str, Any], w: RLWorkload, default_threads: int, params: Pa
     if params is not None:
         rows += flops_rows(systems, params, peaks or {}, default_threads)
     rows += ratio_rows(systems, res.get("trl_version"), default_threads)
+    rows += phase_rows(systems, default_threads) + lever_rows(systems, default_threads)
     if "c3po" in systems and "grpo" in systems:
         c, g = systems["c3po"], systems["grpo"]
         rows.append(("rl c3po / grpo", "step seconds; train seconds; step CPU-seconds",

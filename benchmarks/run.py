@@ -1,8 +1,8 @@
 """All throughput benchmarks in one command, one table.
 
     python benchmarks/run.py                          # --preset cpu-tiny: a few minutes on a small CPU
-    python benchmarks/run.py --preset cpu-mid         # a saved 58M Qwen3-MoE, 256-token answers: RL only, ~8 min
-    python benchmarks/run.py --preset cpu-mid --dry-run   # what it would run: systems, threads, model, FLOP formula
+    python benchmarks/run.py --preset cpu-mid         # a saved 58M Qwen3-MoE, 256-token answers: RL + moe, ~13 min
+    python benchmarks/run.py --preset cpu-mid --dry-run   # what it would run: systems, levers, model, FLOP formula
     python benchmarks/run.py --preset gpu-ring-lite   # Ring-lite shape with fewer layers, one CUDA GPU
     python benchmarks/run.py --sections rl --rl-systems c3po trl --rounds 3
 
@@ -12,14 +12,16 @@ Sections (each reuses its `bench_*` module; run those directly for more options)
   packer's padding fraction over a long stream.
 * rollout (`bench_rollout`): completion tokens/s of the embedded vLLM engine vs HF `generate` on the
   same model and prompts (alternating, medians), and seconds per exact weight sync.
-* rl (`bench_rl_step`): end-to-end RL steps of ring_lightning (C3PO, GRPO, C3PO with the HF engine,
-  C3PO / GRPO with one-step-ahead rollouts from a private HF copy of the policy) and TRL's
-  GRPOTrainer on the same workload, alternating in rounds: (generated + trained) tokens/s,
-  seconds per step and its split rollout / reward / train / sync / other, and the ratios to TRL
-  (skipped with a message when TRL is not installed). Systems named `name@N` run at N torch threads;
-  each base system's best thread count is printed, the ratios are against TRL at its best thread
-  count, and the training part's FLOP/s (6 x active params excl. input embedding x trained tokens /
-  train seconds, `rl_table.py`) against this machine's fp32 matmul peak measured at the same thread count.
+* rl (`bench_rl_step`, table `rl_table.py`): end-to-end RL steps of ring_lightning's systems and TRL's
+  GRPOTrainer on the same workload, alternating in rounds: (generated + trained) tokens/s, seconds
+  per step and its split, ratios to TRL at its best thread count (`name@N`: N torch threads; skipped
+  when TRL is not installed), training FLOP/s (6 N T / train s) against the measured fp32 matmul peak
+  at the same thread count, and issue 19's levers, each as the seconds it buys against its base at the
+  same thread count: the π_old pass (`c3po-oldpass`), the reference forward (`c3po-nokl`), the
+  one-step-ahead overlap (`c3po-async`), per-phase threads (rollout and training each at its best count).
+* moe (`bench_moe`): fwd+bwd tokens/s of one training step of the RL model per transformers
+  `experts_implementation` (eager, batched_mm, grouped_mm), vs eager, FLOP/s against the fp32 peak, and
+  the implementation ring_lightning's training uses by default.
 * rewards (`bench_rewards`): reward samples/s of the rule rewards the RL data uses, and code sandbox runs.
 
 The table ends with the peak resident memory of this process. The load average (1 minute) after each
@@ -48,7 +50,7 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.bench_rl_step import DEFAULT_SYSTEMS, SYSTEMS, RLWorkload, system_arg  # noqa: E402
 
-SECTIONS = ("sft", "rollout", "rl", "rewards")
+SECTIONS = ("sft", "rollout", "rl", "moe", "rewards")
 RING_LITE_LAYERS = 2  # gpu-ring-lite: Ring-lite-2507 width, experts and vocabulary, fewer layers
 
 
@@ -95,6 +97,7 @@ class Preset:
         reward_samples: samples per reward workload.
         sections: sections run by default (`--sections` overrides).
         saved_model: build and save the RL model once (`SavedModel`); `rl.model` then becomes its directory.
+        moe: `bench_moe.bench_experts` spec (model, overrides, batch, seq, steps).
     """
 
     device: str = "cpu"
@@ -110,8 +113,9 @@ class Preset:
     rl: RLWorkload = field(default_factory=RLWorkload)
     rl_systems: tuple[str, ...] = DEFAULT_SYSTEMS
     reward_samples: int = 32
-    sections: tuple[str, ...] = SECTIONS
+    sections: tuple[str, ...] = ("sft", "rollout", "rl", "rewards")
     saved_model: SavedModel | None = None
+    moe: dict[str, Any] = field(default_factory=lambda: dict(model="qwen3-moe-tiny", overrides={}, batch=2, seq=256))
 
 
 def _ring_lite(**extra) -> dict[str, Any]:
@@ -124,16 +128,19 @@ PRESETS: dict[str, Preset] = {
     "cpu-tiny": Preset(),
     # Where compute matters: the saved 58M Qwen3-MoE, L=8 x K=4 answers of up to 256 tokens (a random
     # policy writes all 256), Φ=4096; RL only. Every system at 1 and 2 torch threads, except the
-    # one-step-ahead one, which already keeps both cores busy with two Python threads at 1 thread each.
-    # 2 steps per run (the first left out: the one-step-ahead overlap starts at step 2) and one round:
-    # ~8 minutes on 2 cores. grpo-async-hf (the tiny preset has it) is left out for time: GRPO trains
-    # all L x K x 256 tokens, and the issue's target is on-policy C3PO.
+    # one-step-ahead ones, which already keep both cores busy with two Python threads at 1 thread each,
+    # and the lever probes (c3po-async, c3po-oldpass, c3po-nokl: each against c3po at 1 thread). 2 steps
+    # per run (the first left out: the one-step-ahead overlap starts at step 2) and one round; then the
+    # expert kernels of the same model on 2 x 256 tokens: ~13 minutes on 2 cores. grpo-async-hf (the tiny
+    # preset has it) is left out for time: GRPO trains all L x K x 256 tokens; the target is on-policy C3PO.
     "cpu-mid": Preset(
-        sections=("rl",), saved_model=QWEN3_MOE_MID,
+        sections=("rl", "moe"), saved_model=QWEN3_MOE_MID,
+        moe=dict(model=QWEN3_MOE_MID.base, overrides=QWEN3_MOE_MID.overrides, batch=2, seq=256, steps=2),
         rl=RLWorkload(model=QWEN3_MOE_MID.name, model_overrides={}, prompts=8, samples=4, max_tokens=256,
                       phi=4096, micro_batch_tokens=4096, steps=2, warmup=1, rounds=1,
                       source_sizes={"arithmetic": 64, "countdown": 32}),
-        rl_systems=("c3po", "c3po@2", "c3po-hf", "c3po-hf@2", "c3po-async-hf", "trl", "trl@2")),
+        rl_systems=("c3po", "c3po@2", "c3po-hf", "c3po-hf@2", "c3po-async", "c3po-async-hf", "c3po-oldpass",
+                    "c3po-nokl", "trl", "trl@2")),
     # Ring-lite-2507 (hidden 2048, 64 experts top-6 + 2 shared, vocab 126,464) with 2 decoder layers
     # (1.68B total / 0.68B active parameters), fp32 master weights, one CUDA GPU; the RL config's engine
     # runs on the GPU with CUDA graphs. Prompts use the shipped tokenizer (ids < 1105); generated ids
@@ -253,7 +260,16 @@ def run_rewards(p: Preset, table: Table, log) -> None:
         table.add("rewards", f"{r['name']} samples/s", f"{r['samples_s']:,.1f}", f"{r['samples']:.0f} samples{extra}")
 
 
-RUNNERS = {"sft": run_sft, "rollout": run_rollout, "rl": run_rl, "rewards": run_rewards}
+def run_moe(p: Preset, table: Table, log) -> None:
+    from benchmarks import bench_moe
+
+    log(f"[moe] {p.moe['model']}: experts_implementation {', '.join(bench_moe.EXPERTS_IMPLEMENTATIONS)}")
+    trained = p.rl.model if Path(p.rl.model).is_dir() else None  # the RL section's saved model, when built
+    for row in bench_moe.section_rows(**p.moe, device=p.device, trained=trained):
+        table.add(*row)
+
+
+RUNNERS = {"sft": run_sft, "rollout": run_rollout, "rl": run_rl, "moe": run_moe, "rewards": run_rewards}
 
 
 def versions() -> str:
@@ -298,7 +314,9 @@ def resolve(args) -> Preset:
 
 def dry_run(p: Preset, name: str, sections: list[str], out_dir: Path) -> None:
     """Print what the preset would run, the RL model's counts and the FLOP formula; runs nothing heavy."""
-    from benchmarks.rl_table import flops_rows, threads_of
+    from benchmarks.bench_moe import EXPERTS_IMPLEMENTATIONS, FORMULA
+    from benchmarks.bench_rl_step import parse_system
+    from benchmarks.rl_table import LEVERS, flops_rows, threads_of
 
     w = p.rl
     if p.saved_model is not None:
@@ -311,10 +329,20 @@ def dry_run(p: Preset, name: str, sections: list[str], out_dir: Path) -> None:
         print(f"rl workload: L={w.prompts} K={w.samples} max_tokens={w.max_tokens} Φ={w.phi} "
               f"micro_batch_tokens={w.micro_batch_tokens} steps={w.steps} warmup={w.warmup} rounds={w.rounds}")
         print("rl systems: " + ", ".join(f"{s} ({threads_of(s, p.threads or 1)} thread(s))" for s in p.rl_systems))
+        levers = [(s, LEVERS[parse_system(s)[0]]) for s in p.rl_systems if parse_system(s)[0] in LEVERS]
+        print("rl levers: " + (", ".join(f"{s} vs {base} ({key})" for s, (base, key, _) in levers) or "none"))
+        counts = [(parse_system(s)[0], threads_of(s, p.threads or 1)) for s in p.rl_systems]
+        phased = {b for b, t in counts if any(b2 == b and t2 != t for b2, t2 in counts)}
+        print("rl per-phase threads: " + (", ".join(sorted(phased)) or "none"))
         table = Table()
         for row in flops_rows({}, rl_params(w), {}, p.threads or 1):
             table.add(*row)
         print(table.render())
+    if "moe" in sections:
+        m = p.moe
+        print(f"moe: {m['model']} with {m['overrides']}, {m['batch']} x {m['seq']} tokens, "
+              f"best of {m.get('steps', 3)} steps; "
+              f"experts_implementation {', '.join(EXPERTS_IMPLEMENTATIONS)}; FLOP/s = {FORMULA}")
 
 
 def main(argv=None) -> None:

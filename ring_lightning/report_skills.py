@@ -15,7 +15,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ring_lightning.eval.diagnostics import CONTROL_FAMILY, KINDS, LONG_WORDS, MODES, SHORT_WORDS, paired
+from ring_lightning.eval.diagnostics import CONTROL_FAMILY, KINDS, LONG_WORDS, MODES, paired
 from ring_lightning.report import _fmt
 
 Evals = Sequence[tuple[str, Mapping[str, Any]]]
@@ -94,8 +94,8 @@ INTRO = ("Does a pass@1 change come from the skill or from a shortcut? Math: eac
          "*other*; shares over all samples, accuracy among the reasoned ones. Instructions: *compliance* "
          "is, among the prompts that ask for a constraint, the mean per-prompt share of samples meeting it "
          "(number of prompts in brackets); a *shortcut control* measures a fixed response property "
-         f"(upper / lower case, long = at least {LONG_WORDS} words, short = 1 to {SHORT_WORDS - 1} words, "
-         "one of the task's keywords, one of its end phrases) on the prompts that ask nothing of that "
+         f"(upper / lower case, long = at least {LONG_WORDS} words, short = 1 to {LONG_WORDS - 1} words, "
+         "each of the task's keywords, each of its end phrases) on the prompts that ask nothing of that "
          "kind. A learned skill raises compliance and leaves its control flat; a style shortcut moves "
          "the control too. Changes are paired over the same prompts, ± standard error.")
 

@@ -17,7 +17,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ring_lightning.data.synthetic.instruction_pairs import END_PHRASES, KEYWORDS
+from ring_lightning.data.synthetic.instruction_pairs import END_PHRASES, KEYWORD, LENGTH_WORDS
 from ring_lightning.data.synthetic.problems import QUICK_GUESS
 from ring_lightning.rewards.extraction import THINK_END, THINK_START, strip_thinking
 from ring_lightning.rewards.instruction_checks import CHECKS, check_kwargs, words
@@ -33,25 +33,26 @@ KINDS: dict[str, tuple[str, str | None]] = {
     "at_least": ("length_constraints:number_words", "at least"),
     "fewer_than": ("length_constraints:number_words", "less than"),
     "keyword": ("keywords:existence", None),
+    "no_keyword": ("keywords:forbidden_words", None),
     "ending": ("startend:end_checker", None),
 }
 FAMILIES: dict[str, tuple[str, ...]] = {"case": ("upper", "lower"), "length": ("at_least", "fewer_than"),
-                                        "keyword": ("keyword",), "ending": ("ending",)}
+                                        "keyword": ("keyword", "no_keyword"),
+                                        "ending": ("ending",)}
 # A prompt with any number_words instruction asks something of length, whatever its relation.
 FAMILY_IDS: dict[str, tuple[str, ...]] = {f: tuple(sorted({KINDS[k][0] for k in ks})) for f, ks in FAMILIES.items()}
 
-LONG_WORDS = 13  # "long": at least this many words (the smallest "at least" the quickstart asks)
-SHORT_WORDS = 9  # "short": fewer than this many words, at least one (the smallest "fewer than" asked)
+LONG_WORDS = LENGTH_WORDS   # "long": at least this many words; "short": fewer, at least one (complements)
 CONTROL_FAMILY = {"upper": "case", "lower": "case", "long": "length", "short": "length",
-                  "keyword": "keyword", "ending": "ending"}
-"""Shortcut controls: response properties with fixed references (the thresholds above, the synthetic
-task's KEYWORDS and END_PHRASES), each measured only on prompts that ask nothing of its family.
-The references are fixed, not the prompt's own (a prompt with no constraint has no target), so a
-control is comparable between stages: a real skill raises compliance where it is asked and leaves
+                  f"keyword {KEYWORD}": "keyword",
+                  **{f"ending {p}": "ending" for p in END_PHRASES}}
+"""Shortcut controls: response properties with fixed references (the length threshold, each of the
+synthetic task's KEYWORD, each of its END_PHRASES), each measured only on prompts that ask nothing of its
+family. The references are fixed, not the prompt's own (a prompt with no constraint has no target), so
+a control is comparable between stages: a real skill raises compliance where it is asked and leaves
 the control flat; a style shortcut (answer in lowercase / short / with a stock ending everywhere)
 moves the control as much as the compliance."""
 
-_KEYWORD_RE = re.compile(r"\b(?:" + "|".join(re.escape(k) for k in KEYWORDS) + r")\b", re.IGNORECASE)
 _END = CHECKS["startend:end_checker"].fn
 
 
@@ -136,11 +137,11 @@ def has_property(answer: str, prop: str) -> bool:
     if prop == "long":
         return len(words(answer)) >= LONG_WORDS
     if prop == "short":  # an empty answer (a <think> never closed) is no short answer
-        return 0 < len(words(answer)) < SHORT_WORDS
-    if prop == "keyword":
-        return _KEYWORD_RE.search(answer) is not None
-    if prop == "ending":
-        return any(_END(answer, p) for p in END_PHRASES)
+        return 0 < len(words(answer)) < LONG_WORDS
+    if prop == f"keyword {KEYWORD}":
+        return CHECKS["keywords:existence"].fn(answer, keywords=[KEYWORD])
+    if prop.startswith("ending ") and prop in CONTROL_FAMILY:
+        return _END(answer, prop[len("ending "):])
     raise ValueError(f"has_property: unknown property {prop!r}; expected one of {sorted(CONTROL_FAMILY)}")
 
 

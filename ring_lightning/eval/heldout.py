@@ -26,7 +26,7 @@ from ring_lightning.eval.passk import EvalCounts, evaluate_rollouts, pass_at_k
 from ring_lightning.rewards.base import Reward
 from ring_lightning.rollout.engine import SamplingConfig
 
-DIAGNOSTICS_VERSION = 1  # in the signature: results stored without (or with other) diagnostics are redone
+DIAGNOSTICS_VERSION = 2  # in the signature: results stored without (or with other) diagnostics are redone
 
 
 @dataclass

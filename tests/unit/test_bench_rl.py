@@ -57,6 +57,7 @@ def test_summarize_takes_medians_after_the_warmup_of_every_run():
     assert s["s_step"] == 2.0 and s["s_rollout"] == 1.0 and s["s_train"] == 0.6
     assert s["s_other"] == pytest.approx(2.0 - (1.0 + 0.1 + 0.6 + 0.05))
     assert s["e2e_tok_s"] == pytest.approx(150.0 / 2.0)
+    assert s["s_rest"] == pytest.approx(2.0 - 1.0 - 0.6)  # median of step - rollout - train: 0.2, 0.4, 0.6
     assert s["cpu_s_step"] == 1.0 and s["e2e_tok_cpu_s"] == pytest.approx(150.0 / 1.0)
     assert s["gen_tok_s"] == pytest.approx(100.0 / 1.0)
     assert (s["reward_first"], s["reward_last"]) == (0.0, 1.0)
@@ -110,3 +111,30 @@ def test_a_reused_shared_engine_takes_each_runs_thread_count(monkeypatch):
     fake.close = lambda: torch._C.set_num_threads(fake._threads)  # the vLLM engine restores its own count
     SharedEngine.close_shared()
     assert SharedEngine._engine is None and torch.get_num_threads() == before
+
+
+def test_lever_systems_parse_and_build_their_one_changed_knob(monkeypatch):
+    """c3po-oldpass / c3po-nokl are c3po with recompute_old_logprobs=True / kl_coef=0; the thread syntax works."""
+    import json
+
+    import ring_lightning.cli as cli
+    from benchmarks.bench_rl_step import OURS, SYSTEMS, RLWorkload, build, parse_system
+
+    assert parse_system("c3po-oldpass@2") == ("c3po-oldpass", 2) and parse_system("c3po-nokl") == ("c3po-nokl", None)
+    assert {"c3po-oldpass", "c3po-nokl", "c3po-async"} <= set(SYSTEMS)
+    for name in ("c3po-oldpass", "c3po-nokl"):  # the docstring's system list names them
+        assert f"`{name}`" in sys.modules["benchmarks.bench_rl_step"].__doc__
+    seen = {}
+    monkeypatch.setattr(cli, "RingLightningCLI", lambda args, run: seen.setdefault("args", args))
+    w = RLWorkload(kl_coef=1e-3)
+
+    def knobs(system):
+        seen.clear()
+        args = build(w, model="m", **OURS[system])
+        obj = json.loads(next(a for a in args if a.startswith("--model.init_args.objective="))
+                         .split("=", 1)[1])["init_args"]
+        return obj["kl_coef"], next(a for a in args if "recompute_old_logprobs" in a).split("=")[1]
+
+    assert knobs("c3po") == (1e-3, "false")
+    assert knobs("c3po-oldpass") == (1e-3, "true")
+    assert knobs("c3po-nokl") == (0.0, "false")

@@ -38,7 +38,7 @@ COMPLIANCE = {"sft": {"lower": stats([0.25, 0.5]), "fewer_than": stats([0.0, 0.5
               "rl_reasoning": {"lower": stats([0.5, 0.5]), "fewer_than": stats([0.5, 1.0])},
               "rl_general": {"lower": stats([1.0, 0.75])}}
 CONTROL = {"sft": {"short": stats([0.5, 0.5])}, "rl_reasoning": {"short": stats([0.5, 0.5])},
-           "rl_general": {"short": stats([1.0, 1.0]), "ending": stats([0.25])}}
+           "rl_general": {"short": stats([1.0, 1.0]), "ending See you.": stats([0.25])}}
 EXAMPLES = [{"id": "q1", "prompt": "Compute 3 +\n4.", "responses": ["<think>\n3 + 4 = 7.\n</think>\n\\boxed{7}", "x"]}]
 PASS = {"sft": [0, 1, 2, 1], "rl_reasoning": [2, 3, 2, 2], "rl_general": [2, 3, 3, 2]}
 
@@ -74,7 +74,7 @@ def test_compliance_and_control_tables_with_paired_changes():
     assert "| upper |" not in text  # no stage has it
     assert "| property | after sft |" in text
     assert "| short | 0.500 (2) | 0.500 (2) | 1.000 (2) | +0.000 ± 0.000 | +0.500 ± 0.000 |" in text
-    assert "| ending | – | – | 0.250 (1) | – | – |" in text
+    assert "| ending See you. | – | – | 0.250 (1) | – | – |" in text
     assert text.index("### instruction: per-constraint compliance") < text.index("### instruction: shortcut control")
 
 

@@ -1,19 +1,17 @@
-"""Instruction prompts with two constraints from families that pull in opposite directions.
+"""Instruction prompts with two constraints from binary families; no fixed style beats chance.
 
-Ring-lite's general RL stage (arXiv 2506.14731, §3.3) rewards instruction following with rules. A
-one-constraint task of "lowercase / word limit / no comma" was gamed by a style (short, lowercase,
-comma-free text satisfied all three); here no single style satisfies most prompts:
-
-* families: ``case`` (all capitals | all lowercase), ``length`` (at least N words | fewer than N),
-  ``keyword`` (include a given word), ``ending`` (end with a given phrase). Each prompt asks for
-  two constraints of two different families, so every style that helps one prompt hurts another.
-* combinations: training prompts use the pairs in `TRAIN_PAIRS`; held-out prompts use
-  `HELDOUT_PAIRS`, which no training prompt combines (each family alone is trained).
-* SFT answers (`pair_answer`) follow each constraint with probability `FOLLOW_RATE` (0.8) and otherwise
-  draw that property at random, so the SFT policy reads the instruction a little and RL can raise
-  it; on prompts that do not ask, the properties keep their random base rates (the shortcut control).
-* wording: a keyword or end phrase stands in the prompt unquoted, after a space, so its tokens are
-  the ones the answer must repeat (the shipped tokenizer splits "'silver" and " silver" differently).
+Ring-lite's general RL (arXiv 2506.14731, §3.3) rewards instruction following with rules. An earlier
+one-constraint task was gamed by a style (short, lowercase, comma-free text met most prompts). Here:
+* four families, two opposite sides each, and every answer takes one side of every family: ``case``
+  (capitals | lowercase), ``length`` (at least | fewer than `LENGTH_WORDS` words), ``keyword``
+  (includes | leaves out `KEYWORD`), ``ending`` (one of two `END_PHRASES`). A fixed style meets half
+  of each family's prompts, as chance does: only reading the prompt raises the reward.
+* a prompt asks two families; held-out prompts use `HELDOUT_PAIRS`, which no training prompt combines.
+* SFT: the ``<think>`` trace restates the asked constraints (`pair_plan`; without it a 1M model met
+  the end phrase and keyword at chance after SFT and RL); the answer follows each at `FOLLOW_RATE`,
+  else a random side; an unasked family takes its `DEFAULT` side (lowercase, no keyword: with 50/50
+  there, RL drifted unasked answers +23 points to lowercase, which costs half the tokens of capitals)
+  or, for length and ending, a random one. That is the shortcut control's base rate.
 """
 
 from __future__ import annotations
@@ -29,96 +27,92 @@ FAMILIES = ("case", "ending", "keyword", "length")
 HELDOUT_PAIRS = (("case", "ending"), ("keyword", "length"))  # sorted family names
 ALL_PAIRS = tuple(combinations(FAMILIES, 2))
 TRAIN_PAIRS = tuple(p for p in ALL_PAIRS if p not in HELDOUT_PAIRS)
-AT_LEAST = (13, 14, 15)   # an answer of 4 clauses (~20 words) complies; 1 clause (~5) never does
-FEWER_THAN = (9, 10)      # 1 clause + a two-word end phrase (<= 8 words) complies; 2 clauses (~10) sometimes
-FOLLOW_RATE = 0.8  # measured after the quickstart's SFT: at 0.5 the model followed "capital letters" 31% vs
-                   # 25% unasked (it barely read the prompt); at 0.8, 76% vs 40%
-RANDOM_CASE = ("sentence", "sentence", "lower", "upper")  # an unasked case: 25% lower, 25% upper
-RANDOM_EXTRA = 0.25       # an unasked keyword / end phrase appears this often
-# Few keywords and end phrases, none in a topic or the answers' other words: which one the prompt names is
-# a small choice a 1M-parameter model can learn to read within the quickstart's SFT (measured: copying
-# one of 20 keywords / 4 phrases stayed at ~3% compliance after 1000 SFT steps).
-KEYWORDS = ("silver", "salt", "glass", "wheel")
-END_PHRASES = ("Thank you.", "See you.")
+LENGTH_WORDS = 10  # "at least 10" | "fewer than 10": every answer meets exactly one. A short answer is one
+                   # clause (<= 9 words with keyword and end phrase), a long one three (>= 14; <= 96 tokens in capitals)
+SHORT_CLAUSES, LONG_CLAUSES = 1, 3
+FOLLOW_RATE = 0.8  # measured after the quickstart's SFT (earlier task): at 0.5 the model followed "capital
+                   # letters" 31% vs 25% unasked (it barely read the prompt); at 0.8, 76% vs 40%
+KEYWORD, OTHER_WORD = "silver", "glass"  # an answer names one of the two (the other when told not to)
+# Two end phrases of the same token count in either case (5 lowercase, 9 in capitals; "Thank you." / "See you."
+# are not, and RL moved unasked answers +21 points to the cheaper one). These still drift where unasked (±19
+# points in the README's run): the policy barely reads the end phrase, so its unasked choice is free.
+END_PHRASES = ("See you.", "Bye now.")
+DEFAULT: dict[str, Any] = {"case": "lower", "keyword": "exclude"}  # an unasked family's side; others: random
+SIDES: dict[str, tuple[Any, ...]] = {"case": ("upper", "lower"), "length": ("at least", "less than"),
+                                     "keyword": ("include", "exclude"), "ending": END_PHRASES}
 
 
-def _constraint(rng: random.Random, family: str, topic: str) -> tuple[str, dict[str, Any], Any]:
-    """(sentence of the prompt, IFEval instruction, wanted value) for one family."""
+def _constraint(family: str, side: Any) -> tuple[str, dict[str, Any]]:
+    """(sentence of the prompt, IFEval instruction) asking for one side of a family."""
     if family == "case":
-        if rng.random() < 0.5:
-            return ("Your entire response must be in capital letters.",
-                    {"id": "change_case:english_capital", "kwargs": {}}, "upper")
-        return ("Your entire response must be in lowercase letters.",
-                {"id": "change_case:english_lowercase", "kwargs": {}}, "lower")
+        if side == "upper":
+            return "Your entire response must be in capital letters.", {"id": "change_case:english_capital", "kwargs": {}}
+        return "Your entire response must be in lowercase letters.", {"id": "change_case:english_lowercase", "kwargs": {}}
     if family == "length":
-        if rng.random() < 0.5:
-            n = rng.choice(AT_LEAST)
-            return (f"Use at least {n} words.", {"id": "length_constraints:number_words",
-                                                 "kwargs": {"relation": "at least", "num_words": n}}, ("at least", n))
-        n = rng.choice(FEWER_THAN)
-        return (f"Use fewer than {n} words.", {"id": "length_constraints:number_words",
-                                               "kwargs": {"relation": "less than", "num_words": n}}, ("less than", n))
+        words = "at least" if side == "at least" else "fewer than"
+        return (f"Use {words} {LENGTH_WORDS} words.", {"id": "length_constraints:number_words",
+                                                       "kwargs": {"relation": side, "num_words": LENGTH_WORDS}})
     if family == "keyword":
-        word = rng.choice(KEYWORDS)
-        return f"Include the word {word}.", {"id": "keywords:existence", "kwargs": {"keywords": [word]}}, word
-    phrase = rng.choice(END_PHRASES)
-    return (f"End your response with the words {phrase}",
-            {"id": "startend:end_checker", "kwargs": {"end_phrase": phrase}}, phrase)
+        if side == "include":
+            return f"Include the word {KEYWORD}.", {"id": "keywords:existence", "kwargs": {"keywords": [KEYWORD]}}
+        return (f"Do not include the word {KEYWORD}.",
+                {"id": "keywords:forbidden_words", "kwargs": {"forbidden_words": [KEYWORD]}})
+    return f"End your response with the words {side}", {"id": "startend:end_checker", "kwargs": {"end_phrase": side}}
 
 
 def pair_prompt(rng: random.Random, pairs: tuple[tuple[str, str], ...] = TRAIN_PAIRS
                 ) -> tuple[str, list[dict[str, Any]], str, dict[str, Any]]:
     """(prompt, instructions, topic, wants): a prompt with the two constraints of a pair from `pairs`;
-    `wants` maps each asked family to its wanted value."""
+    `wants` maps each asked family to its wanted side (SIDES)."""
     topic = rng.choice(TOPICS)
     families = list(rng.choice(pairs))
     rng.shuffle(families)
-    parts = [_constraint(rng, f, topic) for f in families]
+    wants = {f: rng.choice(SIDES[f]) for f in families}
+    parts = [_constraint(f, wants[f]) for f in families]
     question = f"Write about {topic}. " + " ".join(p[0] for p in parts)
-    return question, [p[1] for p in parts], topic, {f: p[2] for f, p in zip(families, parts)}
+    return question, [p[1] for p in parts], topic, wants
 
 
-def _text(rng: random.Random, topic: str, clauses: int, keyword: str | None, ending: str | None, case: str) -> str:
+def pair_plan(wants: dict[str, Any]) -> tuple[str, ...]:
+    """The SFT trace: one line per asked constraint, in the prompt's order (module docstring)."""
+    lines = {"case": lambda v: "Capital letters." if v == "upper" else "Lowercase letters.",
+             "length": lambda v: f"{'At least' if v == 'at least' else 'Fewer than'} {LENGTH_WORDS} words.",
+             "keyword": lambda v: f"{'Include' if v == 'include' else 'No'} {KEYWORD}.",
+             "ending": lambda v: f"End with {v}"}
+    return tuple(lines[f](v) for f, v in wants.items())
+
+
+def _text(rng: random.Random, topic: str, side: dict[str, Any]) -> str:
+    clauses = LONG_CLAUSES if side["length"] == "at least" else SHORT_CLAUSES
     parts = [f"{topic} is {rng.choice(_ADJECTIVES)}"]
     parts += [rng.choice(_CLAUSES).format(adj=rng.choice(_ADJECTIVES)) for _ in range(clauses - 1)]
-    if keyword is not None:  # replaces a clause: the length class stays what `clauses` says
-        at = rng.randrange(len(parts))
-        parts[at] = f"{topic} is like {keyword}" if at == 0 else f"it is like {keyword}"
-    text = (", and " if rng.random() < 0.7 else " and ").join(parts) + "."
-    if ending is not None:
-        text += " " + ending
-    if case == "upper":
-        return text.upper()
-    if case == "lower":
-        return text.lower()
-    return text[0].upper() + text[1:]
+    word = KEYWORD if side["keyword"] == "include" else OTHER_WORD
+    at = rng.randrange(len(parts))  # the word replaces a clause: the length class stays the same
+    parts[at] = f"{topic} is like {word}" if at == 0 else f"it is like {word}"
+    text = (", and " if rng.random() < 0.7 else " and ").join(parts) + ". " + side["ending"]
+    return text.upper() if side["case"] == "upper" else text.lower()
 
 
 def pair_answer(rng: random.Random, topic: str, wants: dict[str, Any], follow_rate: float = FOLLOW_RATE) -> str:
-    """An SFT answer that follows each asked constraint with probability `follow_rate` (module docstring);
-    a followed constraint is checked with the reward's own checker."""
-    follow = {f: rng.random() < follow_rate for f in wants}
-    for _ in range(100):
-        case = wants["case"] if follow.get("case") else rng.choice(RANDOM_CASE)
-        if follow.get("length"):
-            clauses = 4 if wants["length"][0] == "at least" else 1
-        else:
-            clauses = rng.randint(1, 4)
-        keyword = wants["keyword"] if follow.get("keyword") else (
-            rng.choice(KEYWORDS) if rng.random() < RANDOM_EXTRA else None)
-        ending = wants["ending"] if follow.get("ending") else (
-            rng.choice(END_PHRASES) if rng.random() < RANDOM_EXTRA else None)
-        text = _text(rng, topic, clauses, keyword, ending, case)
-        if all(_holds(f, wants[f], text) for f in wants if follow[f]):
-            return text
-    raise RuntimeError(f"pair_answer: no answer about {topic!r} follows {wants} in 100 draws")
+    """An SFT answer with one side of every family: an asked family's wanted side with probability
+    `follow_rate`, else a side at random; an unasked family its DEFAULT or a random side. Every side is
+    checked with the reward's own checker."""
+    side = {f: (wants[f] if rng.random() < follow_rate else rng.choice(SIDES[f])) if f in wants
+            else DEFAULT.get(f) or rng.choice(SIDES[f]) for f in FAMILIES}
+    text = _text(rng, topic, side)
+    broken = [f for f in FAMILIES if not _holds(f, side[f], text)]
+    if broken:  # a topic or clause that breaks a side (e.g. one that names a keyword) would land here
+        raise RuntimeError(f"pair_answer: the answer {text!r} breaks its sides {side} of {broken}")
+    return text
 
 
 def _holds(family: str, want: Any, text: str) -> bool:
     if family == "case":
         return CHECKS["change_case:english_capital" if want == "upper" else "change_case:english_lowercase"].fn(text)
     if family == "length":
-        return CHECKS["length_constraints:number_words"].fn(text, num_words=want[1], relation=want[0])
+        return CHECKS["length_constraints:number_words"].fn(text, num_words=LENGTH_WORDS, relation=want)
     if family == "keyword":
-        return CHECKS["keywords:existence"].fn(text, keywords=[want])
+        if want == "include":
+            return CHECKS["keywords:existence"].fn(text, keywords=[KEYWORD])
+        return CHECKS["keywords:forbidden_words"].fn(text, forbidden_words=[KEYWORD])
     return CHECKS["startend:end_checker"].fn(text, end_phrase=want)

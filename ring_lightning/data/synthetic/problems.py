@@ -14,17 +14,17 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ring_lightning.data.synthetic.instruction import QUICKSTART_KINDS, instruction_answer, instruction_prompt
-from ring_lightning.data.synthetic.instruction_pairs import ALL_PAIRS, pair_answer, pair_prompt
+from ring_lightning.data.synthetic.instruction_pairs import ALL_PAIRS, pair_answer, pair_plan, pair_prompt
 from ring_lightning.data.synthetic.partition import side_of
 
 TASKS = ("arithmetic", "countdown", "mixed", "addition", "instruction", "countdown_small", "instruction_pairs",
          "quickstart")
 # Tasks with a fixed train / probe / eval partition by structure (data/synthetic/partition.py).
 PARTITIONED_TASKS = ("addition", "instruction", "countdown_small", "instruction_pairs", "quickstart")
-# The quickstart's SFT mix, one period: 4/8 addition, 1/8 countdown_small, 3/8 instruction_pairs (by tokens
-# about 36% / 12% / 52%: uppercase answers tokenize letter by letter).
+# The quickstart's SFT mix, one period: 5/8 addition, 1/8 countdown_small, 2/8 instruction_pairs (capital
+# letters tokenize letter by letter, so instruction answers weigh more tokens than their share of rows).
 QUICKSTART_MIX = ("addition", "instruction_pairs", "addition", "countdown_small", "addition", "instruction_pairs",
-                  "addition", "instruction_pairs")
+                  "addition", "addition")
 QUICK_GUESS = "Quick guess."
 QUICK_GUESS_RATE = 0.3  # share of addition traces that guess instead of reasoning (module docstring)
 Split = Literal["train", "val"]
@@ -123,7 +123,8 @@ def _countdown_small(rng: random.Random) -> tuple[str, tuple[str, ...], str, dic
 
 def _instruction_pairs(rng: random.Random) -> tuple[str, tuple[str, ...], str, dict[str, Any]]:
     question, instructions, topic, wants = pair_prompt(rng, ALL_PAIRS)  # the partition picks the side
-    return question, (), pair_answer(rng, topic, wants), {"instructions": instructions, "families": sorted(wants)}
+    answer = pair_answer(rng, topic, wants)
+    return question, pair_plan(wants), answer, {"instructions": instructions, "families": sorted(wants)}
 
 
 def _instruction(rng: random.Random) -> tuple[str, tuple[str, ...], str, dict[str, Any]]:
@@ -200,7 +201,7 @@ def generate_problems(task: str, n_train: int, n_val: int, seed: int = 0) -> dic
 
 def sft_messages(problem: SyntheticProblem) -> list[dict[str, str]]:
     """The long-CoT chat for one problem: user question, assistant `<think>` trace + boxed answer
-    (an instruction problem: an empty `<think>` block + the answer text)."""
+    (instruction: an empty `<think>` block + the answer text; instruction_pairs: the plan + the answer)."""
     think = "\n".join(problem.steps)
     stated = problem.meta.get("stated_answer", problem.answer)
     final = problem.answer if problem.task in ("instruction", "instruction_pairs") else f"The answer is \\boxed{{{stated}}}."

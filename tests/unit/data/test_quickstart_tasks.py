@@ -5,7 +5,6 @@ documented rate), instruction answers follow at FOLLOW_RATE, and the RL rows mat
 
 from __future__ import annotations
 
-import random
 import re
 from collections import Counter
 
@@ -14,7 +13,8 @@ import pytest
 from ring_lightning.data.synthetic import problems as synthetic
 from ring_lightning.rows import parse_row
 from ring_lightning.data.synthetic.rl_tasks import rl_task_rows
-from ring_lightning.data.synthetic.instruction_pairs import FAMILIES, HELDOUT_PAIRS, TRAIN_PAIRS, pair_answer
+from ring_lightning.data.synthetic.instruction_pairs import (END_PHRASES, FAMILIES, HELDOUT_PAIRS, KEYWORD, LENGTH_WORDS,
+                                                             SIDES, TRAIN_PAIRS)
 from ring_lightning.data.synthetic.partition import side_of
 from ring_lightning.data.synthetic.problems import generate_problems, prompt_rows, sft_rows
 from ring_lightning.rewards.instruction import InstructionReward
@@ -68,33 +68,55 @@ def test_addition_traces_reason_correctly_or_guess_wrongly():
     assert abs(guesses / len(problems) - synthetic.QUICK_GUESS_RATE) < 0.04
 
 
-def test_instruction_pair_answers_follow_at_the_follow_rate_and_keep_base_rates_elsewhere():
+PLAN_LINE = {("change_case:english_capital", None): "Capital letters.",
+             ("change_case:english_lowercase", None): "Lowercase letters.",
+             ("length_constraints:number_words", "at least"): "At least {num_words} words.",
+             ("length_constraints:number_words", "less than"): "Fewer than {num_words} words.",
+             ("keywords:existence", None): "Include silver.", ("keywords:forbidden_words", None): "No silver.",
+             ("startend:end_checker", None): "End with {end_phrase}"}
+
+
+def test_instruction_pair_answers_follow_at_the_follow_rate_and_take_a_side_of_every_family():
     problems = generate_problems("instruction_pairs", 3000, 0, seed=2)["train"]
     rows = [parse_row(r, f"row {i}") for i, r in enumerate(prompt_rows("instruction_pairs", "train", 3000, 0, seed=2))]
     by_kind: dict[str, list[bool]] = {}
-    upper_unasked = []
+    unasked: dict[str, list[bool]] = {f: [] for f in FAMILIES}
     for p, row in zip(problems, rows):
         assert row.meta == {"task": "instruction_pairs", "families": p.meta["families"]}
         for inst in row.instructions:
             by_kind.setdefault(inst["id"], []).append(CHECKS[inst["id"]].fn(p.answer, **inst["kwargs"]))
-        if "case" not in p.meta["families"]:
-            upper_unasked.append(CHECKS["change_case:english_capital"].fn(p.answer))
-    for kind, ok in by_kind.items():  # FOLLOW_RATE 0.8 + chance: mostly followed, not always
-        assert 0.75 < sum(ok) / len(ok) < 0.95, kind
-    assert abs(sum(upper_unasked) / len(upper_unasked) - 0.25) < 0.04  # RANDOM_CASE's base rate
+        # every answer takes exactly one side of every family (the sides are complements)
+        sides = {"case": [CHECKS["change_case:english_capital"].fn(p.answer),
+                          CHECKS["change_case:english_lowercase"].fn(p.answer)],
+                 "length": [CHECKS["length_constraints:number_words"].fn(p.answer, num_words=LENGTH_WORDS,
+                                                                        relation=r) for r in SIDES["length"]],
+                 "keyword": [CHECKS["keywords:existence"].fn(p.answer, keywords=[KEYWORD]),
+                             CHECKS["keywords:forbidden_words"].fn(p.answer, forbidden_words=[KEYWORD])],
+                 "ending": [CHECKS["startend:end_checker"].fn(p.answer, end_phrase=e) for e in END_PHRASES]}
+        assert all(sum(v) == 1 for v in sides.values()), (p.answer, sides)
+        for f in FAMILIES:
+            if f not in p.meta["families"]:
+                unasked[f].append(sides[f][0])
+    for kind, ok in by_kind.items():  # FOLLOW_RATE 0.8 + half of the rest by chance: ~0.9
+        assert 0.86 < sum(ok) / len(ok) < 0.94, kind
+    # an unasked family: its DEFAULT side (lowercase: no capitals; the keyword left out), else 50/50
+    assert sum(unasked["case"]) == 0 and sum(unasked["keyword"]) == 0
+    for f in ("length", "ending"):
+        assert abs(sum(unasked[f]) / len(unasked[f]) - 0.5) < 0.04, f
     assert InstructionReward()(rows[:1], [problems[0].answer])[0].valid
-    chat = synthetic.sft_messages(problems[0])[1]["content"]
-    assert chat == f"<think>\n\n</think>\n{problems[0].answer}"
-    with pytest.raises(RuntimeError, match="no answer about 'the sea' follows"):
-        pair_answer(random.Random(0), "the sea", {"length": ("less than", 1)}, follow_rate=1.0)
+    for p in problems[:40]:  # the trace restates the asked constraints, in the prompt's order
+        plan = [PLAN_LINE[(i["id"], i["kwargs"].get("relation"))] for i in p.meta["instructions"]]
+        plan = [line.format(**i["kwargs"]) for line, i in zip(plan, p.meta["instructions"])]
+        chat = synthetic.sft_messages(p)[1]["content"]
+        assert chat == "<think>\n" + "\n".join(plan) + f"\n</think>\n{p.answer}"
 
 
 def test_quickstart_mixes_addition_countdown_and_instruction_pairs():
     kinds = Counter(p.task for p in generate_problems("quickstart", 400, 0)["train"])
-    assert kinds == {"addition": 200, "countdown_small": 50, "instruction_pairs": 150}
+    assert kinds == {"addition": 250, "countdown_small": 50, "instruction_pairs": 100}
     rows = [parse_row(r, f"row {i}") for i, r in enumerate(prompt_rows("quickstart", "val", 10, 8))]
     assert [r.domain for r in rows] == ["math", "instruction", "math", "logic", "math", "instruction", "math",
-                                        "instruction"]
+                                        "math"]
     assert all("stated_answer" not in r.meta for r in rows)
 
 

@@ -10,8 +10,8 @@ import math
 
 import pytest
 
-from ring_lightning.data.synthetic.instruction_pairs import END_PHRASES, KEYWORDS
-from ring_lightning.eval.diagnostics import (LONG_WORDS, SHORT_WORDS, analyze, examples, has_property, instruction_analysis, math_modes,
+from ring_lightning.data.synthetic.instruction_pairs import END_PHRASES, KEYWORD
+from ring_lightning.eval.diagnostics import (LONG_WORDS, analyze, examples, has_property, instruction_analysis, math_modes,
                                              paired, trace_mode)
 from ring_lightning.eval.heldout import HeldoutEval, evaluate_model, load_sets
 from ring_lightning.eval.passk import evaluate_rollouts
@@ -71,7 +71,7 @@ def _row(rid, instructions):
 
 
 def _instruction_case():
-    kw, end = KEYWORDS[0], END_PHRASES[0]
+    kw, end = KEYWORD, END_PHRASES[0]
     fill = " ".join(["fill"] * LONG_WORDS)
     assert not {kw, *end.lower().split()} & set(fill.split()) and kw.islower()
     rows = [
@@ -120,23 +120,42 @@ def test_shortcut_controls_skip_prompts_that_ask_for_the_family():
     # length controls: r1 (fewer than) and r3 (exactly, no compliance row) excluded -> r0, r2, r4
     assert ctrl["long"]["rates"] == pytest.approx([0.0, 1 / 2, 0.0])
     assert ctrl["short"]["rates"] == pytest.approx([1.0, 1 / 2, 1 / 2])  # an empty answer is not short
-    # keyword: r1 excluded; ending: no row asks, all five count
-    assert ctrl["keyword"]["rates"] == pytest.approx([0.0, 0.0, 0.0, 0.0])
-    assert ctrl["ending"]["rates"] == pytest.approx([0.0, 0.0, 1 / 2, 0.0, 0.0])
+    # keyword: r1 excluded; ending: no row asks, all five count; one control per keyword / end phrase
+    assert ctrl[f"keyword {KEYWORD}"]["rates"] == pytest.approx([0.0, 0.0, 0.0, 0.0])
+    assert ctrl[f"ending {END_PHRASES[0]}"]["rates"] == pytest.approx([0.0, 0.0, 1 / 2, 0.0, 0.0])
+    assert ctrl[f"ending {END_PHRASES[1]}"]["rates"] == pytest.approx([0.0] * 5)
+    assert set(ctrl) == {"upper", "lower", "long", "short", f"keyword {KEYWORD}",
+                         *(f"ending {p}" for p in END_PHRASES)}
     with pytest.raises(ValueError, match="5 rows but 4 per-prompt sample lists"):
         instruction_analysis(rows, texts[:4])
 
 
+def test_forbidden_keyword_is_the_keyword_family_s_other_side():
+    rows = [_row("f0", [{"id": "keywords:forbidden_words", "kwargs": {"forbidden_words": [KEYWORD]}}]),
+            _row("f1", [{"id": "change_case:english_lowercase", "kwargs": {}}])]
+    texts = [[f"it is like {KEYWORD}.", "it is like glass.", "it is like glass."], [f"a {KEYWORD} b", "c"]]
+    out = instruction_analysis(rows, texts)
+    assert out["compliance"]["no_keyword"]["rates"] == pytest.approx([2 / 3])
+    reward = InstructionReward(mode="fraction")
+    assert [bool(reward.score_one(rows[0], t).info["followed"]) for t in texts[0]] == [False, True, True]
+    assert out["control"][f"keyword {KEYWORD}"]["rates"] == pytest.approx([1 / 2])  # f0 asks the family: left out
+
+
 def test_control_properties():
-    kw, end = KEYWORDS[0], END_PHRASES[0]
+    kw, end = KEYWORD, END_PHRASES[0]
     assert has_property("ABC 12!", "upper") and not has_property("123", "upper") and not has_property("ABc", "upper")
     assert has_property("abc 12", "lower") and not has_property("", "lower")
-    assert has_property(f"I like {kw.upper()}.", "keyword") and not has_property(f"x{kw}x", "keyword")
-    assert has_property(f"fine.  {end.upper()}  ", "ending") and not has_property(f"{end} more", "ending")
+    other_end = END_PHRASES[1]
+    # the reward's own checker (IFEval keywords:existence: a case-blind substring), as compliance uses
+    assert has_property(f"I like {kw.upper()}.", f"keyword {kw}") and has_property(f"x{kw}x", f"keyword {kw}")
+    assert not has_property("I like gold.", f"keyword {kw}")
+    assert has_property(f"fine.  {end.upper()}  ", f"ending {end}") and not has_property(f"{end} more", f"ending {end}")
+    assert not has_property(f"fine. {end}", f"ending {other_end}")
     assert has_property(" ".join(["w"] * LONG_WORDS), "long") and not has_property(" ".join(["w"] * (LONG_WORDS - 1)), "long")
-    assert has_property(" ".join(["w"] * (SHORT_WORDS - 1)), "short") and not has_property(" ".join(["w"] * SHORT_WORDS), "short")
-    with pytest.raises(ValueError, match="unknown property 'loud'"):
-        has_property("x", "loud")
+    assert has_property(" ".join(["w"] * (LONG_WORDS - 1)), "short") and not has_property(" ".join(["w"] * LONG_WORDS), "short")
+    for bad in ("loud", "keyword gold", "ending Bye."):  # only the task's own keywords and end phrases
+        with pytest.raises(ValueError, match=f"unknown property '{bad}'"):
+            has_property("x", bad)
 
 
 def test_paired_and_analyze_routes_by_domain():
