@@ -39,8 +39,6 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
-import torch.nn.functional as F
-import torch.utils.checkpoint
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from ring_lightning.data.sft.packing import IGNORE_INDEX, PackedBatch, block_diagonal_mask
@@ -50,6 +48,8 @@ from ring_lightning.modules.nonfinite import NonFiniteGuard
 from ring_lightning.modules.optim import decay_groups, default_adamw, warmup_cosine
 from ring_lightning.modules.rng_state import KEY as RNG_KEY
 from ring_lightning.modules.rng_state import collect_rng_states, restore_rng_states
+from ring_lightning.rl.logits import (check_supported, chunked_cross_entropy_sum, forward_hidden,
+                                      head_cross_entropy_sum, output_head)
 from ring_lightning.models.sharding import build_sharded_policy, gather_full_state_dict
 
 # per-step accumulator slots (summed over micro-batches, then over ranks)
@@ -93,6 +93,13 @@ class SFTModule(L.LightningModule):
         loss_chunk_tokens: the cross entropy upcasts logits to float32 this many positions at a time
             (recomputed in backward), so a float32 copy of all [tokens, vocab] logits never exists
             (at 32k tokens and a 126k vocabulary that copy alone would take 16 GB).
+        head_chunk_tokens: None = the head runs once over all target positions: one [n, V] logits tensor
+            plus its full-size gradient (≈ 23 GiB bf16 at 32k targets and a 126k vocabulary). An int =
+            the forward keeps the last position's logits only and the head + float32 cross entropy run
+            over this many target rows at a time under checkpointing (rl/logits.py), so one [chunk, V]
+            logits and its gradient are live at most; same loss, gradients and router losses. Use it for
+            long contexts with a large vocabulary (Ring-lite at 32k: 4096); `loss_chunk_tokens` is then
+            unused. Heads of BailingMoe and rl/logits.py's PLAIN_HEAD_TYPES only (others refused by name).
         max_nonfinite_steps: abort (NonFiniteError) after this many optimizer steps in a row whose loss
             or gradient norm was NaN/Inf (each is skipped: no update); 0 = no guard (NaNs are applied).
     """
@@ -118,6 +125,7 @@ class SFTModule(L.LightningModule):
         activation_checkpointing: bool = False,
         attention_mask: Literal["position_ids", "block_diagonal"] = "position_ids",
         loss_chunk_tokens: int = 4096,
+        head_chunk_tokens: int | None = None,
         max_nonfinite_steps: int = 3,
     ) -> None:
         super().__init__()
@@ -143,7 +151,9 @@ class SFTModule(L.LightningModule):
         self.attention_mode = attention_mask
         if loss_chunk_tokens < 1:
             raise ValueError(f"loss_chunk_tokens must be >= 1, got {loss_chunk_tokens}")
-        self.loss_chunk_tokens = loss_chunk_tokens
+        if head_chunk_tokens is not None and (isinstance(head_chunk_tokens, bool) or head_chunk_tokens < 1):
+            raise ValueError(f"head_chunk_tokens must be >= 1 or None, got {head_chunk_tokens!r}")
+        self.loss_chunk_tokens, self.head_chunk_tokens = loss_chunk_tokens, head_chunk_tokens
         self.nonfinite = NonFiniteGuard(max_nonfinite_steps, where="SFTModule")
         self._rng_to_restore: dict[str, Any] | None = None
         self.policy = None
@@ -174,6 +184,12 @@ class SFTModule(L.LightningModule):
                                  "one device set the Trainer's precision='bf16-mixed' and mixed_precision='none'")
             policy, _ = load_policy(self.model_name, dtype=self.dtype_name, tokenizer=self.tokenizer_path,
                                     seed=self.seed, **self.model_overrides)
+        if self.head_chunk_tokens is not None:
+            try:
+                check_supported(policy)
+            except ValueError as err:
+                raise ValueError(f"SFTModule(head_chunk_tokens={self.head_chunk_tokens}): {err}; or set "
+                                 "head_chunk_tokens: null (the full-logits head)") from err
         if self.activation_checkpointing:
             policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.policy = policy.train()  # from_pretrained returns eval mode (a loaded checkpoint would train without dropout)
@@ -183,7 +199,7 @@ class SFTModule(L.LightningModule):
         targets = batch.targets[0]  # [T]
         keep = (targets != IGNORE_INDEX).nonzero().squeeze(-1)  # [n] positions with a target
         kwargs: dict[str, Any] = dict(input_ids=batch.input_ids, position_ids=batch.position_ids,
-                                      use_cache=False, logits_to_keep=keep)
+                                      use_cache=False)
         moe = num_experts(self.policy) > 0
         if moe:
             kwargs["output_router_logits"] = True
@@ -194,8 +210,14 @@ class SFTModule(L.LightningModule):
                                  f"{impl!r}; use attention_mask='position_ids'")
             dtype = next(self.policy.parameters()).dtype if impl == "eager" else None
             kwargs["attention_mask"] = block_diagonal_mask(batch.doc_ids, dtype)
-        out = self.policy(**kwargs)
-        ce_sum = chunked_cross_entropy_sum(out.logits[0], targets[keep], self.loss_chunk_tokens)  # logits [n, V]
+        if self.head_chunk_tokens is None:
+            out = self.policy(**kwargs, logits_to_keep=keep)
+            ce_sum = chunked_cross_entropy_sum(out.logits[0], targets[keep], self.loss_chunk_tokens)  # logits [n, V]
+        else:  # out.logits: the last position only; the head runs over the target rows chunk by chunk
+            out, hidden = forward_hidden(self.policy, **kwargs)  # hidden [1, T, H]
+            weight, bias = output_head(self.policy)
+            ce_sum = head_cross_entropy_sum(hidden[0].index_select(0, keep), weight, bias, targets[keep],
+                                            self.head_chunk_tokens)
         aux, load = {}, None
         if moe:
             aux = router_aux_losses(out, self.policy, token_mask=batch.token_mask,
@@ -367,23 +389,6 @@ class SFTModule(L.LightningModule):
         if self._trainer is not None:
             self.trainer.strategy.barrier("export_hf")
         return out
-
-
-def _ce_sum(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits.float(), targets, reduction="sum")
-
-
-def chunked_cross_entropy_sum(logits: torch.Tensor, targets: torch.Tensor, chunk_tokens: int) -> torch.Tensor:
-    """Summed token cross entropy of `logits` [n, V] (any dtype) against `targets` [n], in float32,
-    `chunk_tokens` rows at a time; each chunk's float32 copy is recomputed in backward."""
-    if logits.shape[0] <= chunk_tokens:
-        return _ce_sum(logits, targets)
-    total = logits.new_zeros((), dtype=torch.float32)
-    for start in range(0, logits.shape[0], chunk_tokens):
-        end = start + chunk_tokens
-        total = total + torch.utils.checkpoint.checkpoint(_ce_sum, logits[start:end], targets[start:end],
-                                                          use_reentrant=False)
-    return total
 
 
 def _checkpoint_tokenizer(model: str) -> str | None:

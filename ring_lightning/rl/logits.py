@@ -11,6 +11,8 @@ in forward and backward. Values at non-loss positions are 0 and must not be used
 Heads: BailingMoe (`head_weight()`, NormHead included) and the HF types in `PLAIN_HEAD_TYPES`,
 whose logits are exactly `lm_head(hidden)`; other types, or a config that declares a logit
 scaling / soft-capping, are refused by name (their head would need its own rule here).
+SFT (`modules/sft.py`, `head_chunk_tokens`) uses the same forward and head with a CE-only chunk
+(`head_cross_entropy_sum`); `chunked_cross_entropy_sum` is its float32 CE over given logits.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from torch.utils.checkpoint import checkpoint
 from ring_lightning.models.router_losses import num_experts
 from ring_lightning.rl.losses import token_logprobs_and_entropy
 
-__all__ = ["PLAIN_HEAD_TYPES", "check_supported", "head_logprobs_and_entropy", "masked_logprobs_and_entropy"]
+__all__ = ["PLAIN_HEAD_TYPES", "check_supported", "chunked_cross_entropy_sum", "forward_hidden",
+           "head_cross_entropy_sum", "head_logprobs_and_entropy", "masked_logprobs_and_entropy", "output_head"]
 
 # model types whose causal-LM forward computes logits = lm_head(final_norm(hidden)), nothing more
 PLAIN_HEAD_TYPES = ("bailing_moe", "llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3",
@@ -48,7 +51,7 @@ def check_supported(model: torch.nn.Module) -> None:
                          "path applies the plain head only; unset it or add the transform to rl/logits.py")
 
 
-def _head(model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+def output_head(model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(weight [V, H], bias [V] or None) of the output head, read after the forward (FSDP2 has
     unsharded the root's parameters by then)."""
     if hasattr(model, "head_weight"):  # BailingMoe: NormHead (or the raw lm_head weight)
@@ -65,20 +68,16 @@ def _decoder(model: torch.nn.Module) -> torch.nn.Module:
     return body
 
 
-def _forward_hidden(model: torch.nn.Module, mb: Any, with_aux: bool) -> tuple[Any, torch.Tensor]:
-    """The model's forward (`logits_to_keep=1`) and the decoder's last hidden state [B, T, H]."""
+def forward_hidden(model: torch.nn.Module, **kwargs: Any) -> tuple[Any, torch.Tensor]:
+    """`model(**kwargs, logits_to_keep=1)` and the decoder's last hidden state [B, T, H]."""
     captured: list[torch.Tensor] = []
 
     def grab(_module, _args, output) -> None:
         captured.append(output[0] if isinstance(output, tuple) else output.last_hidden_state)
 
-    kwargs: dict[str, Any] = dict(input_ids=mb.input_ids, attention_mask=mb.attention_mask,
-                                  position_ids=mb.position_ids, use_cache=False, logits_to_keep=1)
-    if with_aux and num_experts(model) > 0:
-        kwargs["output_router_logits"] = True
     handle = _decoder(model).register_forward_hook(grab)
     try:
-        out = model(**kwargs)
+        out = model(**kwargs, logits_to_keep=1)
     finally:
         handle.remove()
     if len(captured) != 1:
@@ -125,6 +124,56 @@ def head_logprobs_and_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: 
     return torch.cat(lps), torch.cat(ents)  # [N], [N]
 
 
+def _chunk_ce(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+              targets: torch.Tensor) -> torch.Tensor:
+    """Summed float32 cross entropy of rows h [n, H]; the [n, V] logits live only inside this call."""
+    return _ce_sum(F.linear(h, weight, bias), targets)  # logits [n, V]
+
+
+def head_cross_entropy_sum(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                           targets: torch.Tensor, chunk_tokens: int = 4096) -> torch.Tensor:
+    """Summed token cross entropy of `F.linear(hidden, weight, bias)` against `targets`, `chunk_tokens`
+    rows at a time (no entropy); with autograd on each chunk is checkpointed, so at most one
+    [chunk, V] logits (and its gradient) is live in forward and backward.
+
+    Args:
+        hidden: [N, H] final hidden states of the target rows (N may be 0).
+        weight: [V, H] output head; bias: [V] or None.
+        targets: [N] long, the token each row predicts.
+        chunk_tokens: rows per chunk.
+
+    Returns:
+        a float32 scalar, as `F.cross_entropy(logits.float(), targets, reduction="sum")`.
+    """
+    if chunk_tokens < 1:
+        raise ValueError(f"chunk_tokens must be positive, got {chunk_tokens}")
+    total = None
+    for s in range(0, max(hidden.shape[0], 1), chunk_tokens):  # one (maybe empty) chunk at least
+        h, t = hidden[s:s + chunk_tokens], targets[s:s + chunk_tokens]
+        if torch.is_grad_enabled():
+            ce = checkpoint(_chunk_ce, h, weight, bias, t, use_reentrant=False)
+        else:
+            ce = _chunk_ce(h, weight, bias, t)
+        total = ce if total is None else total + ce
+    return total
+
+
+def _ce_sum(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.float(), targets, reduction="sum")
+
+
+def chunked_cross_entropy_sum(logits: torch.Tensor, targets: torch.Tensor, chunk_tokens: int) -> torch.Tensor:
+    """Summed token cross entropy of `logits` [n, V] (any dtype) against `targets` [n], in float32,
+    `chunk_tokens` rows at a time; each chunk's float32 copy is recomputed in backward."""
+    if logits.shape[0] <= chunk_tokens:
+        return _ce_sum(logits, targets)
+    total = logits.new_zeros((), dtype=torch.float32)
+    for start in range(0, logits.shape[0], chunk_tokens):
+        end = start + chunk_tokens
+        total = total + checkpoint(_ce_sum, logits[start:end], targets[start:end], use_reentrant=False)
+    return total
+
+
 def masked_logprobs_and_entropy(model: torch.nn.Module, mb: Any, *, with_aux: bool = False,
                                 chunk_tokens: int = 4096, temperature: float = 1.0
                                 ) -> tuple[Any, torch.Tensor, torch.Tensor]:
@@ -143,12 +192,16 @@ def masked_logprobs_and_entropy(model: torch.nn.Module, mb: Any, *, with_aux: bo
         `token_logprobs_and_entropy(full_logits, mb.target_ids)` where `mb.loss_mask`, else 0.
     """
     check_supported(model)
-    out, hidden = _forward_hidden(model, mb, with_aux)  # hidden [B, T, H]
+    kwargs: dict[str, Any] = dict(input_ids=mb.input_ids, attention_mask=mb.attention_mask,
+                                  position_ids=mb.position_ids, use_cache=False)
+    if with_aux and num_experts(model) > 0:
+        kwargs["output_router_logits"] = True
+    out, hidden = forward_hidden(model, **kwargs)  # hidden [B, T, H]
     B, T, H = hidden.shape
     idx = mb.loss_mask.reshape(-1).to(hidden.device).nonzero().squeeze(-1)  # [N]
     rows = hidden.reshape(B * T, H).index_select(0, idx)  # [N, H]
     targets = mb.target_ids.reshape(-1).to(hidden.device).index_select(0, idx)  # [N]
-    weight, bias = _head(model)
+    weight, bias = output_head(model)
     lp, ent = head_logprobs_and_entropy(rows, weight, bias, targets, chunk_tokens, temperature)
     zeros = lp.new_zeros(B * T)  # [B*T]
     logp = zeros.index_put((idx,), lp).reshape(B, T)  # [B, T]
