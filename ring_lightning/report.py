@@ -195,6 +195,8 @@ def heldout_table(evals: Sequence[tuple[str, Mapping[str, Any] | None]]) -> list
         label = s if d is None else f"{s} / {d}"
         sums = [get(e, s, d) for _, e in evals]
         first = next(x for x in sums if x)
+        if not first.get("scored", True):  # control prompts: nothing to score (see "Skill or shortcut")
+            continue
         lines.append(f"| {label} ({first['prompts']} prompts × {first['samples'] // first['prompts']}) | pass@1 | "
                      + " | ".join("–" if x is None else f"{x['pass@1']:.3f} ± {x['pass@1_se']:.3f}" for x in sums)
                      + "".join(f" | {_delta(sums[i], sums[i + 1])}" for i in range(len(pairs))) + " |")

@@ -93,11 +93,21 @@ INTRO = ("Does a pass@1 change come from the skill or from a shortcut? Math: eac
          "is a *guess* (it says \"Quick guess.\"), *reasoned* (it has addition steps \"a + b = c.\") or "
          "*other*; shares over all samples, accuracy among the reasoned ones. Instructions: *compliance* "
          "is, among the prompts that ask for a constraint, the mean per-prompt share of samples meeting it "
-         "(number of prompts in brackets); a *shortcut control* measures a fixed response property "
+         "(number of prompts in brackets). A *shortcut control* measures a fixed response property "
          f"(upper / lower case, long = at least {LONG_WORDS} words, short = 1 to {LONG_WORDS - 1} words, "
-         "each of the task's keywords, each of its end phrases) on the prompts that ask nothing of that "
-         "kind. A learned skill raises compliance and leaves its control flat; a style shortcut moves "
-         "the control too. Changes are paired over the same prompts, ± standard error.")
+         "each of the task's keywords, each of its end phrases) on a control set of prompts that ask "
+         "nothing (never trained by RL): a learned skill raises compliance and leaves the control flat; a "
+         "style shortcut moves the control too. The same properties on the *unasked families* of prompts "
+         "that ask two others show how well the policy tells asked from unasked: there, a policy that "
+         "reads better also moves. Changes are paired over the same prompts, ± standard error.")
+
+
+def _has(evals: Evals, s: str, part: str) -> bool:
+    return any(((_analysis(e, s, "instruction") or {}).get(part)) for _, e in evals)
+
+
+def _is_control_set(evals: Evals, s: str) -> bool:
+    return any(not (e["sets"].get(s) or {}).get("scored", True) for _, e in evals)
 
 
 def skills_section(evals: Sequence[tuple[str, Mapping[str, Any] | None]]) -> list[str]:
@@ -113,10 +123,12 @@ def skills_section(evals: Sequence[tuple[str, Mapping[str, Any] | None]]) -> lis
     for s in have:
         if any(_analysis(e, s, "math") for _, e in evals):
             lines += [f"### {s}: math trace modes", "", *math_modes_table(evals, s), ""]
-        if any(_analysis(e, s, "instruction") for _, e in evals):
+        if _has(evals, s, "compliance"):
             lines += [f"### {s}: per-constraint compliance", "",
                       *rate_table(evals, s, "compliance", list(KINDS), "constraint"), ""]
-            lines += [f"### {s}: shortcut control", "",
-                      *rate_table(evals, s, "control", list(CONTROL_FAMILY), "property"), ""]
+        if _has(evals, s, "control"):
+            title = ("shortcut control (prompts that ask nothing)" if _is_control_set(evals, s)
+                     else "unasked families (each property where its family is not asked)")
+            lines += [f"### {s}: {title}", "", *rate_table(evals, s, "control", list(CONTROL_FAMILY), "property"), ""]
         lines += samples_section(evals, s)
     return lines

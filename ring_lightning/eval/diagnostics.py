@@ -21,6 +21,7 @@ from ring_lightning.data.synthetic.instruction_pairs import END_PHRASES, KEYWORD
 from ring_lightning.data.synthetic.problems import QUICK_GUESS
 from ring_lightning.rewards.extraction import THINK_END, THINK_START, strip_thinking
 from ring_lightning.rewards.instruction_checks import CHECKS, check_kwargs, words
+from ring_lightning.rewards.unscored import UNSCORED
 from ring_lightning.rows import PromptRow
 
 MODES = ("guess", "reasoned", "other")
@@ -123,6 +124,11 @@ def row_constraints(row: PromptRow) -> tuple[dict[str, list[tuple[str, dict[str,
     return kinds, families
 
 
+def is_control(row: PromptRow) -> bool:
+    """A control prompt of `instruction_pairs` (it asks nothing; every family is unasked)."""
+    return row.reward == UNSCORED and row.meta.get("task") == "instruction_pairs"
+
+
 def follows(answer: str, checks: Sequence[tuple[str, Mapping[str, Any]]]) -> bool:
     """Every check holds on a non-empty answer (as `InstructionReward.score_one` decides each one)."""
     return bool(answer.strip()) and all(CHECKS[iid].fn(answer, **kwargs) for iid, kwargs in checks)
@@ -188,10 +194,10 @@ def paired(before_rates: Sequence[float], after_rates: Sequence[float]) -> tuple
 
 def analyze(rows: Sequence[PromptRow], texts: Sequence[Sequence[str]],
             correct: Sequence[Sequence[bool]]) -> dict[str, Any]:
-    """{domain: analysis} of one set: "math" → `math_modes`, "instruction" → `instruction_analysis`;
-    other domains have none."""
+    """{domain: analysis} of one set: "math" → `math_modes`, "instruction" → `instruction_analysis`
+    (control prompts too: their every family is unasked); other domains have none."""
     math_i = [i for i, r in enumerate(rows) if r.domain == "math"]
-    inst_i = [i for i, r in enumerate(rows) if r.domain == "instruction"]
+    inst_i = [i for i, r in enumerate(rows) if r.domain == "instruction" or is_control(r)]
     out: dict[str, Any] = {}
     if math_i:
         out["math"] = math_modes([texts[i] for i in math_i], [correct[i] for i in math_i])

@@ -24,9 +24,10 @@ from ring_lightning.rows import PromptRow
 from ring_lightning.eval.diagnostics import analyze, examples, paired
 from ring_lightning.eval.passk import EvalCounts, evaluate_rollouts, pass_at_k
 from ring_lightning.rewards.base import Reward
+from ring_lightning.rewards.unscored import UNSCORED
 from ring_lightning.rollout.engine import SamplingConfig
 
-DIAGNOSTICS_VERSION = 2  # in the signature: results stored without (or with other) diagnostics are redone
+DIAGNOSTICS_VERSION = 3  # in the signature: results stored without (or with other) diagnostics are redone
 
 
 @dataclass
@@ -154,7 +155,8 @@ def evaluate_model(model_dir: str, spec: HeldoutEval, reward: Reward | None = No
     """Evaluate the HF model directory on every set of `spec`.
 
     Returns {"model", "seconds", "sets": {name: summary}, "domains": {name: {domain: summary}}} where a
-    summary is `summarize`'s dict plus `mean_reward`, `mean_response_tokens`, `analysis` ({domain:
+    summary is `summarize`'s dict plus `scored` (False for a set of control prompts only: reward
+    "unscored", no pass@1 to read), `mean_reward`, `mean_response_tokens`, `analysis` ({domain:
     ...}, `eval/diagnostics.analyze`: math trace modes, instruction compliance and shortcut controls)
     and `examples` (the first prompts' first samples, cut short). `reward` defaults to the RL stages'
     `RewardRouter()`; it is closed afterwards only when created here.
@@ -180,7 +182,8 @@ def evaluate_model(model_dir: str, spec: HeldoutEval, reward: Reward | None = No
             counts = evaluate_rollouts(engine, tokenizer, rows, reward, spec.samples_per_prompt, sampling,
                                        correct_threshold=spec.correct_threshold, keep_texts=True)
             summary = summarize(counts, spec.k)
-            summary.update(mean_reward=counts.mean_reward, mean_response_tokens=counts.mean_response_tokens,
+            summary.update(scored=any(r.reward != UNSCORED for r in rows),
+                           mean_reward=counts.mean_reward, mean_response_tokens=counts.mean_response_tokens,
                            analysis=analyze(rows, counts.texts, counts.correct),
                            examples=examples(rows, counts.texts))
             results["sets"][name] = summary
@@ -207,7 +210,8 @@ def close_rewards(reward: Any) -> None:
 
 def summary_line(result: Mapping[str, Any]) -> str:
     """One line: pass@1 ± SE per set."""
-    return ", ".join(f"{name} pass@1 {r['pass@1']:.3f} ± {r['pass@1_se']:.3f}" for name, r in result["sets"].items())
+    return ", ".join(f"{name} pass@1 {r['pass@1']:.3f} ± {r['pass@1_se']:.3f}" if r.get("scored", True)
+                     else f"{name}: {r['prompts']} control prompts (unscored)" for name, r in result["sets"].items())
 
 
 class ExportEvaluator:

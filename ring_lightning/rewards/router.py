@@ -8,6 +8,7 @@ name -> reward table with these defaults:
     math, science -> "math" (MathReward)      code -> "code" (CodeReward)
     logic -> "logic" (LogicReward)            instruction -> "instruction" (InstructionReward)
     general -> "reward_model" (only when `reward_model` is configured)
+    a row with ``reward: unscored`` -> "unscored" (UnscoredReward: control prompts, never scored)
 
 ``rewards`` adds or replaces entries (any object following the `Reward` protocol, configured by
 ``class_path``); ``domains`` remaps domains to names; a row's ``reward`` field picks a name
@@ -60,6 +61,10 @@ def _default_reward(name: str) -> Reward | None:
         from ring_lightning.rewards.instruction import InstructionReward
 
         return InstructionReward()
+    if name == "unscored":
+        from ring_lightning.rewards.unscored import UnscoredReward
+
+        return UnscoredReward()
     return None
 
 
@@ -85,7 +90,7 @@ class RewardRouter:
             raise ValueError(f"RewardRouter domains has unknown domains {unknown}; known: {DOMAINS}")
         self.rewards: dict[str, Reward] = {}
         if use_defaults:
-            for name in ("math", "code", "logic", "instruction"):
+            for name in ("math", "code", "logic", "instruction", "unscored"):
                 if name not in (rewards or {}):
                     self.rewards[name] = _default_reward(name)
         if reward_model is not None:

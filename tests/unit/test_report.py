@@ -52,6 +52,8 @@ def run(tmp_path):
         "rl_reasoning": {"math": summary([2, 3, 2, 2]), "instruction": summary([2, 1, 2, 3])},
         "rl_general": {"math": summary([2, 3, 3, 2]), "instruction": summary([4, 4, 3, 4])},
     }
+    for e in evals.values():  # a control set (prompts that ask nothing): sampled, never scored
+        e["instruction_control"] = {**summary([0, 0]), "scored": False}
     state = {"stage_order": ["sft", "rl_reasoning", "rl_general"], "started_at": 100.0, "finished_at": 400.0,
              "stages": {n: {"status": "finished", "attempts": 1 + (n == "rl_reasoning"), "started_at": 100.0 + 100 * i,
                             "finished_at": 180.0 + 100 * i,
@@ -84,6 +86,7 @@ def test_report_has_stage_and_heldout_tables_and_plots(run):
     assert "| math (4 prompts × 4) | pass@1 | 0.250 ± 0.102 | 0.562 ± 0.062 | 0.625 ± 0.072 | +0.312 ± 0.120 | " \
            "+0.062 ± 0.062 |" in text
     assert "| instruction (4 prompts × 4) | pass@1 | 0.500 ± 0.102 |" in text
+    assert "instruction_control (" not in text  # no pass@1 row for a set with nothing to score
     assert "| math | pass@4 | 0.750 | 1.000 | 1.000 |" in text
     assert "4 samples per prompt at temperature 1.0" in text
     assert "Pipeline wall time: 300 s" in text

@@ -75,7 +75,22 @@ def test_compliance_and_control_tables_with_paired_changes():
     assert "| property | after sft |" in text
     assert "| short | 0.500 (2) | 0.500 (2) | 1.000 (2) | +0.000 ± 0.000 | +0.500 ± 0.000 |" in text
     assert "| ending See you. | – | – | 0.250 (1) | – | – |" in text
-    assert text.index("### instruction: per-constraint compliance") < text.index("### instruction: shortcut control")
+    assert text.index("### instruction: per-constraint compliance") < text.index(
+        "### instruction: unasked families (each property where its family is not asked)")
+    assert "shortcut control (prompts that ask nothing)" not in text
+
+
+def test_a_control_set_gets_the_shortcut_control_table_and_no_compliance():
+    evals = []
+    for n in STAGES:
+        e = evaluation(n)
+        e["sets"] = {"instruction_control": {**summary([0, 0]), "scored": False,
+                                             "analysis": {"instruction": {"compliance": {}, "control": CONTROL[n]}}}}
+        evals.append((n, e))
+    text = "\n".join(skills_section(evals))
+    assert "### instruction_control: shortcut control (prompts that ask nothing)" in text
+    assert "| short | 0.500 (2) | 0.500 (2) | 1.000 (2) | +0.000 ± 0.000 | +0.500 ± 0.000 |" in text
+    assert "per-constraint compliance" not in text and "unasked families (each" not in text
 
 
 def test_samples_of_the_last_stage_and_stages_without_analysis():

@@ -4,14 +4,19 @@ Ring-lite's general RL (arXiv 2506.14731, §3.3) rewards instruction following w
 one-constraint task was gamed by a style (short, lowercase, comma-free text met most prompts). Here:
 * four families, two opposite sides each, and every answer takes one side of every family: ``case``
   (capitals | lowercase), ``length`` (at least | fewer than `LENGTH_WORDS` words), ``keyword``
-  (includes | leaves out `KEYWORD`), ``ending`` (one of two `END_PHRASES`). A fixed style meets half
-  of each family's prompts, as chance does: only reading the prompt raises the reward.
+  (names `KEYWORD` | `OTHER_WORD`, same token count), ``ending`` (one of two `END_PHRASES`). A fixed
+  style meets half of each family's prompts, as chance does: only reading the prompt raises the reward.
 * a prompt asks two families; held-out prompts use `HELDOUT_PAIRS`, which no training prompt combines.
-* SFT: the ``<think>`` trace restates the asked constraints (`pair_plan`; without it a 1M model met
-  the end phrase and keyword at chance after SFT and RL); the answer follows each at `FOLLOW_RATE`,
-  else a random side; an unasked family takes its `DEFAULT` side (lowercase, no keyword: with 50/50
-  there, RL drifted unasked answers +23 points to lowercase, which costs half the tokens of capitals)
-  or, for length and ending, a random one. That is the shortcut control's base rate.
+  A *control prompt* (`NO_CONSTRAINT`, one of `CONTROL_OPENERS`) asks nothing: SFT sees its train
+  side, RL never; its held-out side is the shortcut control group (rl_tasks split "control").
+* SFT trace (`pair_plan`): one line per family in `PLAN_ORDER` naming the side the answer takes, and
+  the answer takes exactly those sides. The teacher reads an asked family right at `FOLLOW_RATE`, else
+  picks a side at random; an unasked family always takes its `DEFAULT`. Measured on the quickstart
+  (2026-12-07): restating only the asked constraints, with 50/50 or partial defaults elsewhere, let RL
+  move unasked properties by up to 22 points (free drift, sharpening of half-learned defaults).
+* answers are the same few clauses about "it" (no topic): the text carries no constraint, and a 1M
+  model that garbles topics, in capitals letter by letter, made the case controls move as RL cleaned
+  the garble up.
 """
 
 from __future__ import annotations
@@ -27,17 +32,23 @@ FAMILIES = ("case", "ending", "keyword", "length")
 HELDOUT_PAIRS = (("case", "ending"), ("keyword", "length"))  # sorted family names
 ALL_PAIRS = tuple(combinations(FAMILIES, 2))
 TRAIN_PAIRS = tuple(p for p in ALL_PAIRS if p not in HELDOUT_PAIRS)
+NO_CONSTRAINT: tuple[str, ...] = ()  # a control prompt: asks nothing (the shortcut control group)
+SFT_PAIRS = (*ALL_PAIRS, NO_CONSTRAINT)  # SFT draws each equally: 1 prompt in 7 is a control prompt
+CONTROL_OPENERS = ("Write about {topic}.", "Tell me about {topic}.", "Describe {topic}.",
+                   "Say something about {topic}.", "Share a thought about {topic}.",
+                   "Write a line about {topic}.")  # 240 control prompts, split by question text (76 eval)
 LENGTH_WORDS = 10  # "at least 10" | "fewer than 10": every answer meets exactly one. A short answer is one
                    # clause (<= 9 words with keyword and end phrase), a long one three (>= 14; <= 96 tokens in capitals)
 SHORT_CLAUSES, LONG_CLAUSES = 1, 3
 FOLLOW_RATE = 0.8  # measured after the quickstart's SFT (earlier task): at 0.5 the model followed "capital
                    # letters" 31% vs 25% unasked (it barely read the prompt); at 0.8, 76% vs 40%
-KEYWORD, OTHER_WORD = "silver", "glass"  # an answer names one of the two (the other when told not to)
+KEYWORD, OTHER_WORD = "silver", "copper"  # an answer names one of the two (the other when told not to);
+                                          # 10 tokens either way in "it is like ___.", 18 in capitals
 # Two end phrases of the same token count in either case (5 lowercase, 9 in capitals; "Thank you." / "See you."
-# are not, and RL moved unasked answers +21 points to the cheaper one). These still drift where unasked (±19
-# points in the README's run): the policy barely reads the end phrase, so its unasked choice is free.
+# are not, and RL moved unasked answers +21 points to the cheaper one).
 END_PHRASES = ("See you.", "Bye now.")
-DEFAULT: dict[str, Any] = {"case": "lower", "keyword": "exclude"}  # an unasked family's side; others: random
+DEFAULT: dict[str, Any] = {"case": "lower", "length": "less than", "keyword": "exclude", "ending": END_PHRASES[0]}
+PLAN_ORDER = ("case", "length", "keyword", "ending")  # the trace's slots: the order an answer is written in
 SIDES: dict[str, tuple[Any, ...]] = {"case": ("upper", "lower"), "length": ("at least", "less than"),
                                      "keyword": ("include", "exclude"), "ending": END_PHRASES}
 
@@ -60,12 +71,15 @@ def _constraint(family: str, side: Any) -> tuple[str, dict[str, Any]]:
     return f"End your response with the words {side}", {"id": "startend:end_checker", "kwargs": {"end_phrase": side}}
 
 
-def pair_prompt(rng: random.Random, pairs: tuple[tuple[str, str], ...] = TRAIN_PAIRS
+def pair_prompt(rng: random.Random, pairs: tuple[tuple[str, ...], ...] = TRAIN_PAIRS
                 ) -> tuple[str, list[dict[str, Any]], str, dict[str, Any]]:
-    """(prompt, instructions, topic, wants): a prompt with the two constraints of a pair from `pairs`;
-    `wants` maps each asked family to its wanted side (SIDES)."""
+    """(prompt, instructions, topic, wants): a prompt with the constraints of a pair from `pairs`
+    (none for NO_CONSTRAINT: a control prompt, one of CONTROL_OPENERS); `wants` maps each asked family
+    to its wanted side (SIDES)."""
     topic = rng.choice(TOPICS)
     families = list(rng.choice(pairs))
+    if not families:
+        return rng.choice(CONTROL_OPENERS).format(topic=topic), [], topic, {}
     rng.shuffle(families)
     wants = {f: rng.choice(SIDES[f]) for f in families}
     parts = [_constraint(f, wants[f]) for f in families]
@@ -73,36 +87,39 @@ def pair_prompt(rng: random.Random, pairs: tuple[tuple[str, str], ...] = TRAIN_P
     return question, [p[1] for p in parts], topic, wants
 
 
-def pair_plan(wants: dict[str, Any]) -> tuple[str, ...]:
-    """The SFT trace: one line per asked constraint, in the prompt's order (module docstring)."""
+def pair_sides(rng: random.Random, wants: dict[str, Any], follow_rate: float = FOLLOW_RATE) -> dict[str, Any]:
+    """The side the SFT teacher takes of every family: an asked family's wanted side with probability
+    `follow_rate`, else a side at random (a misread prompt); an unasked family its DEFAULT."""
+    return {f: (wants[f] if rng.random() < follow_rate else rng.choice(SIDES[f])) if f in wants else DEFAULT[f]
+            for f in PLAN_ORDER}
+
+
+def pair_plan(sides: dict[str, Any]) -> tuple[str, ...]:
+    """The SFT trace: one line per family in PLAN_ORDER, naming the side the answer takes."""
     lines = {"case": lambda v: "Capital letters." if v == "upper" else "Lowercase letters.",
              "length": lambda v: f"{'At least' if v == 'at least' else 'Fewer than'} {LENGTH_WORDS} words.",
-             "keyword": lambda v: f"{'Include' if v == 'include' else 'No'} {KEYWORD}.",
+             "keyword": lambda v: f"Like {KEYWORD if v == 'include' else OTHER_WORD}.",
              "ending": lambda v: f"End with {v}"}
-    return tuple(lines[f](v) for f, v in wants.items())
+    return tuple(lines[f](sides[f]) for f in PLAN_ORDER)
 
 
-def _text(rng: random.Random, topic: str, side: dict[str, Any]) -> str:
+def _text(rng: random.Random, side: dict[str, Any]) -> str:
     clauses = LONG_CLAUSES if side["length"] == "at least" else SHORT_CLAUSES
-    parts = [f"{topic} is {rng.choice(_ADJECTIVES)}"]
+    parts = [f"it is {rng.choice(_ADJECTIVES)}"]
     parts += [rng.choice(_CLAUSES).format(adj=rng.choice(_ADJECTIVES)) for _ in range(clauses - 1)]
     word = KEYWORD if side["keyword"] == "include" else OTHER_WORD
     at = rng.randrange(len(parts))  # the word replaces a clause: the length class stays the same
-    parts[at] = f"{topic} is like {word}" if at == 0 else f"it is like {word}"
+    parts[at] = f"it is like {word}"
     text = (", and " if rng.random() < 0.7 else " and ").join(parts) + ". " + side["ending"]
     return text.upper() if side["case"] == "upper" else text.lower()
 
 
-def pair_answer(rng: random.Random, topic: str, wants: dict[str, Any], follow_rate: float = FOLLOW_RATE) -> str:
-    """An SFT answer with one side of every family: an asked family's wanted side with probability
-    `follow_rate`, else a side at random; an unasked family its DEFAULT or a random side. Every side is
-    checked with the reward's own checker."""
-    side = {f: (wants[f] if rng.random() < follow_rate else rng.choice(SIDES[f])) if f in wants
-            else DEFAULT.get(f) or rng.choice(SIDES[f]) for f in FAMILIES}
-    text = _text(rng, topic, side)
-    broken = [f for f in FAMILIES if not _holds(f, side[f], text)]
-    if broken:  # a topic or clause that breaks a side (e.g. one that names a keyword) would land here
-        raise RuntimeError(f"pair_answer: the answer {text!r} breaks its sides {side} of {broken}")
+def pair_answer(rng: random.Random, sides: dict[str, Any]) -> str:
+    """An SFT answer taking exactly `sides` (`pair_sides`), each checked with the reward's own checker."""
+    text = _text(rng, sides)
+    broken = [f for f in FAMILIES if not _holds(f, sides[f], text)]
+    if broken:  # a clause that breaks a side (e.g. one that names a keyword) would land here
+        raise RuntimeError(f"pair_answer: the answer {text!r} breaks its sides {sides} of {broken}")
     return text
 
 

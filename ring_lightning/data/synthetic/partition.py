@@ -8,6 +8,7 @@ problem's *structure key*, never by its wording:
 * countdown: the sorted numbers — no held-out puzzle reuses a training puzzle's numbers;
 * instruction pairs: the pair of constraint families — held-out prompts combine families that no
   training prompt combines (`instruction_pairs.HELDOUT_PAIRS`), each family itself seen in training;
+  a control prompt (no constraint) by its question text;
 * the single-constraint instruction task (older): the question text.
 
 A key's bucket is CRC-32 of ``"<kind>:<key>"`` mod 100: below `EVAL_PERCENT` the evaluation part,
@@ -48,6 +49,8 @@ def _bucket(kind: str, key: str) -> Side:
 def side_of(kind: str, question: str, meta: Mapping[str, Any]) -> Side:
     """"train", "probe" or "eval": the side of one generated problem."""
     if kind == "instruction_pairs":
+        if not meta["families"]:  # a control prompt: by its text, like any other question
+            return _bucket(kind, question)
         if tuple(sorted(meta["families"])) not in HELDOUT_PAIRS:
             return "train"
         return "probe" if _bucket(kind, question) == "probe" else "eval"

@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ring_lightning.data.synthetic.instruction import QUICKSTART_KINDS, instruction_answer, instruction_prompt
-from ring_lightning.data.synthetic.instruction_pairs import ALL_PAIRS, pair_answer, pair_plan, pair_prompt
+from ring_lightning.data.synthetic.instruction_pairs import SFT_PAIRS, pair_answer, pair_plan, pair_prompt, pair_sides
 from ring_lightning.data.synthetic.partition import side_of
+from ring_lightning.rewards.unscored import UNSCORED
 
 TASKS = ("arithmetic", "countdown", "mixed", "addition", "instruction", "countdown_small", "instruction_pairs",
          "quickstart")
@@ -122,9 +123,10 @@ def _countdown_small(rng: random.Random) -> tuple[str, tuple[str, ...], str, dic
 
 
 def _instruction_pairs(rng: random.Random) -> tuple[str, tuple[str, ...], str, dict[str, Any]]:
-    question, instructions, topic, wants = pair_prompt(rng, ALL_PAIRS)  # the partition picks the side
-    answer = pair_answer(rng, topic, wants)
-    return question, pair_plan(wants), answer, {"instructions": instructions, "families": sorted(wants)}
+    question, instructions, _, wants = pair_prompt(rng, SFT_PAIRS)  # the partition picks the side
+    sides = pair_sides(rng, wants)
+    meta = {"instructions": instructions, "families": sorted(wants)}
+    return question, pair_plan(sides), pair_answer(rng, sides), meta
 
 
 def _instruction(rng: random.Random) -> tuple[str, tuple[str, ...], str, dict[str, Any]]:
@@ -238,6 +240,9 @@ def prompt_rows(task: str, split: Split | Literal["probe"], n_train: int, n_val:
 
 def row_dict(row_id: str, kind: str, question: str, answer: str, meta: dict[str, Any]) -> dict[str, Any]:
     """The RL prompt row of one generated problem (`prompt_rows`' docstring)."""
+    if kind == "instruction_pairs" and not meta["families"]:  # a control prompt: sampled, never scored
+        return {"id": row_id, "domain": "general", "prompt": question, "reward": UNSCORED,
+                "meta": {"task": kind, "families": []}}
     if kind in ("instruction", "instruction_pairs"):
         extra = {"families": meta["families"]} if "families" in meta else {}
         return {"id": row_id, "domain": "instruction", "prompt": question, "instructions": meta["instructions"],

@@ -15,12 +15,12 @@ from typing import Any
 from ring_lightning.data.synthetic import problems as synthetic
 from ring_lightning.rows import PromptRow, parse_row
 from ring_lightning.data.synthetic.instruction import INSTRUCTION_KINDS, instruction_prompt
-from ring_lightning.data.synthetic.instruction_pairs import ALL_PAIRS, pair_prompt
+from ring_lightning.data.synthetic.instruction_pairs import ALL_PAIRS, NO_CONSTRAINT, pair_prompt
 from ring_lightning.data.synthetic.partition import side_of
 
 RL_TASKS = ("arithmetic", "countdown", "mixed", "arithmetic_steps", "addition", "instruction", "countdown_small",
             "instruction_pairs")
-SPLITS = ("all", "train", "heldout", "ood")
+SPLITS = ("all", "train", "heldout", "ood", "control")
 OOD_TERMS = 4  # split "ood" of addition: one more operand than any training sum
 
 
@@ -60,7 +60,9 @@ def rl_task_rows(
         kinds: `instruction` only: the constraint types to draw from (`INSTRUCTION_KINDS`), equally.
         split: which side of the fixed partition by structure (data/synthetic/partition.py) to draw
             from: "train", "heldout" (the evaluation part: no probe question EntropyMonitor samples)
-            or "all"; "ood" (addition only): sums of `OOD_TERMS` operands, one more than any trained.
+            or "all"; "ood" (addition only): sums of `OOD_TERMS` operands, one more than any trained;
+            "control" (instruction_pairs only): the evaluation part's control prompts, which ask nothing
+            (domain "general", reward "unscored": the shortcut control group, never trained).
             None = "train" for `addition`, `countdown_small` and `instruction_pairs` (whose SFT data
             never shows held-out problems either), "all" otherwise. `arithmetic` / `countdown` /
             `mixed` / `arithmetic_steps` support only "all".
@@ -74,6 +76,8 @@ def rl_task_rows(
         raise ValueError(f"built-in RL task {task!r}: split must be one of {SPLITS}, got {split!r}")
     if split == "ood" and task != "addition":
         raise ValueError(f"built-in RL task {task!r}: split 'ood' exists for 'addition' only")
+    if split == "control" and task != "instruction_pairs":
+        raise ValueError(f"built-in RL task {task!r}: split 'control' exists for 'instruction_pairs' only")
     if task in ("arithmetic", "countdown", "mixed"):
         if split != "all":
             raise ValueError(f"built-in RL task {task!r} has no held-out partition; use split 'all' (or the "
@@ -105,7 +109,7 @@ _STRUCTURED = ("addition", "countdown_small", "instruction_pairs")
 
 def _keep(kind: str, split: str):
     """(question, meta) -> bool: the problem is on `split`'s side of the partition."""
-    wanted = {"train": "train", "heldout": "eval"}.get(split)
+    wanted = {"train": "train", "heldout": "eval", "control": "eval"}.get(split)
     return lambda q, m: wanted is None or side_of(kind, q, m) == wanted
 
 
@@ -113,8 +117,10 @@ def _structured(task: str, n: int, seed: int, split: str) -> list[dict[str, Any]
     """Rows of the tasks partitioned by structure (data/synthetic/partition.py). Every `make` returns a
     generator's (question, steps, answer, meta); an instruction pair's prompt needs no SFT answer."""
     if task == "instruction_pairs":
+        pairs = (NO_CONSTRAINT,) if split == "control" else ALL_PAIRS
+
         def make(rng):
-            q, ins, _, wants = pair_prompt(rng, ALL_PAIRS)
+            q, ins, _, wants = pair_prompt(rng, pairs)
             return q, (), "", {"instructions": ins, "families": sorted(wants)}
     elif task == "addition" and split == "ood":
         def make(rng):

@@ -1,7 +1,8 @@
 """The quickstart's synthetic tasks (data/synthetic/problems.py, instruction_pairs.py, partition.py, rl_tasks.py):
 the held-out partition is disjoint by structure (no held-out sum is a permutation of a trained one, no
 held-out constraint pair is trained), the addition traces reason correctly (or guess, wrongly, at the
-documented rate), instruction answers follow at FOLLOW_RATE, and the RL rows match."""
+documented rate), instruction plans read the prompt at FOLLOW_RATE and answers take the planned sides, and
+the RL rows match."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ import pytest
 from ring_lightning.data.synthetic import problems as synthetic
 from ring_lightning.rows import parse_row
 from ring_lightning.data.synthetic.rl_tasks import rl_task_rows
-from ring_lightning.data.synthetic.instruction_pairs import (END_PHRASES, FAMILIES, HELDOUT_PAIRS, KEYWORD, LENGTH_WORDS,
-                                                             SIDES, TRAIN_PAIRS)
+from ring_lightning.data.synthetic.instruction import TOPICS
+from ring_lightning.data.synthetic.instruction_pairs import (CONTROL_OPENERS, DEFAULT, END_PHRASES, FAMILIES, HELDOUT_PAIRS, KEYWORD,
+                                                             LENGTH_WORDS, NO_CONSTRAINT, OTHER_WORD, PLAN_ORDER, SIDES,
+                                                             TRAIN_PAIRS)
 from ring_lightning.data.synthetic.partition import side_of
 from ring_lightning.data.synthetic.problems import generate_problems, prompt_rows, sft_rows
 from ring_lightning.rewards.instruction import InstructionReward
@@ -44,8 +47,11 @@ def test_heldout_countdown_numbers_and_instruction_pairs_are_never_trained():
     numbers = lambda p: tuple(sorted(p.meta["numbers"]))  # noqa: E731
     assert not {numbers(p) for p in cd["val"]} & {numbers(p) for p in cd["train"]}
     ip = generate_problems("instruction_pairs", 2000, 100, seed=3)
-    assert {tuple(p.meta["families"]) for p in ip["train"]} == set(TRAIN_PAIRS)
-    assert {tuple(p.meta["families"]) for p in ip["val"]} == set(HELDOUT_PAIRS)
+    assert {tuple(p.meta["families"]) for p in ip["train"]} == {*TRAIN_PAIRS, NO_CONSTRAINT}
+    assert {tuple(p.meta["families"]) for p in ip["val"]} == {*HELDOUT_PAIRS, NO_CONSTRAINT}
+    # control prompts (no constraint) are split by their text: no held-out one is an SFT prompt
+    controls = {s: {p.question for p in ip[s] if not p.meta["families"]} for s in ("train", "val")}
+    assert controls["train"] and controls["val"] and not controls["train"] & controls["val"]
     assert set(FAMILIES) == {f for pair in TRAIN_PAIRS for f in pair}  # each family alone is trained
     assert side_of("addition", "", {"expression": "1 + 2 + 3"}) == side_of("addition", "", {"expression": "3 + 1 + 2"})
 
@@ -68,55 +74,77 @@ def test_addition_traces_reason_correctly_or_guess_wrongly():
     assert abs(guesses / len(problems) - synthetic.QUICK_GUESS_RATE) < 0.04
 
 
-PLAN_LINE = {("change_case:english_capital", None): "Capital letters.",
-             ("change_case:english_lowercase", None): "Lowercase letters.",
-             ("length_constraints:number_words", "at least"): "At least {num_words} words.",
-             ("length_constraints:number_words", "less than"): "Fewer than {num_words} words.",
-             ("keywords:existence", None): "Include silver.", ("keywords:forbidden_words", None): "No silver.",
-             ("startend:end_checker", None): "End with {end_phrase}"}
+def _sides(answer: str) -> dict[str, list[bool]]:
+    """Per family, which of its two sides (SIDES order) the answer takes, by the reward's own checkers."""
+    return {"case": [CHECKS["change_case:english_capital"].fn(answer), CHECKS["change_case:english_lowercase"].fn(answer)],
+            "length": [CHECKS["length_constraints:number_words"].fn(answer, num_words=LENGTH_WORDS, relation=r)
+                       for r in SIDES["length"]],
+            "keyword": [CHECKS["keywords:existence"].fn(answer, keywords=[KEYWORD]),
+                        CHECKS["keywords:forbidden_words"].fn(answer, forbidden_words=[KEYWORD])],
+            "ending": [CHECKS["startend:end_checker"].fn(answer, end_phrase=e) for e in END_PHRASES]}
 
 
-def test_instruction_pair_answers_follow_at_the_follow_rate_and_take_a_side_of_every_family():
+PLAN_LINE = {"case": ("Capital letters.", "Lowercase letters."),
+             "length": (f"At least {LENGTH_WORDS} words.", f"Fewer than {LENGTH_WORDS} words."),
+             "keyword": (f"Like {KEYWORD}.", f"Like {OTHER_WORD}."),
+             "ending": tuple(f"End with {e}" for e in END_PHRASES)}
+
+
+def test_instruction_pair_plans_read_at_the_follow_rate_and_answers_take_the_planned_side_of_every_family():
     problems = generate_problems("instruction_pairs", 3000, 0, seed=2)["train"]
     rows = [parse_row(r, f"row {i}") for i, r in enumerate(prompt_rows("instruction_pairs", "train", 3000, 0, seed=2))]
     by_kind: dict[str, list[bool]] = {}
-    unasked: dict[str, list[bool]] = {f: [] for f in FAMILIES}
+    unasked: dict[str, list[int]] = {f: [] for f in FAMILIES}
     for p, row in zip(problems, rows):
         assert row.meta == {"task": "instruction_pairs", "families": p.meta["families"]}
-        for inst in row.instructions:
+        for inst in row.instructions or ():
             by_kind.setdefault(inst["id"], []).append(CHECKS[inst["id"]].fn(p.answer, **inst["kwargs"]))
-        # every answer takes exactly one side of every family (the sides are complements)
-        sides = {"case": [CHECKS["change_case:english_capital"].fn(p.answer),
-                          CHECKS["change_case:english_lowercase"].fn(p.answer)],
-                 "length": [CHECKS["length_constraints:number_words"].fn(p.answer, num_words=LENGTH_WORDS,
-                                                                        relation=r) for r in SIDES["length"]],
-                 "keyword": [CHECKS["keywords:existence"].fn(p.answer, keywords=[KEYWORD]),
-                             CHECKS["keywords:forbidden_words"].fn(p.answer, forbidden_words=[KEYWORD])],
-                 "ending": [CHECKS["startend:end_checker"].fn(p.answer, end_phrase=e) for e in END_PHRASES]}
+        sides = _sides(p.answer)  # every answer takes exactly one side of every family (the sides are complements)
         assert all(sum(v) == 1 for v in sides.values()), (p.answer, sides)
+        taken = {f: v.index(True) for f, v in sides.items()}
+        # the trace names, slot by slot in PLAN_ORDER, the side the answer takes
+        plan = [PLAN_LINE[f][taken[f]] for f in PLAN_ORDER]
+        assert synthetic.sft_messages(p)[1]["content"] == "<think>\n" + "\n".join(plan) + f"\n</think>\n{p.answer}"
         for f in FAMILIES:
             if f not in p.meta["families"]:
-                unasked[f].append(sides[f][0])
+                unasked[f].append(taken[f])
     for kind, ok in by_kind.items():  # FOLLOW_RATE 0.8 + half of the rest by chance: ~0.9
         assert 0.86 < sum(ok) / len(ok) < 0.94, kind
-    # an unasked family: its DEFAULT side (lowercase: no capitals; the keyword left out), else 50/50
-    assert sum(unasked["case"]) == 0 and sum(unasked["keyword"]) == 0
-    for f in ("length", "ending"):
-        assert abs(sum(unasked[f]) / len(unasked[f]) - 0.5) < 0.04, f
-    assert InstructionReward()(rows[:1], [problems[0].answer])[0].valid
-    for p in problems[:40]:  # the trace restates the asked constraints, in the prompt's order
-        plan = [PLAN_LINE[(i["id"], i["kwargs"].get("relation"))] for i in p.meta["instructions"]]
-        plan = [line.format(**i["kwargs"]) for line, i in zip(plan, p.meta["instructions"])]
-        chat = synthetic.sft_messages(p)[1]["content"]
-        assert chat == "<think>\n" + "\n".join(plan) + f"\n</think>\n{p.answer}"
+    # an unasked family: always its DEFAULT side (lowercase, fewer than 10 words, no keyword, the first end phrase)
+    assert {f: set(v) for f, v in unasked.items()} == {f: {SIDES[f].index(DEFAULT[f])} for f in FAMILIES}
+    assert DEFAULT == {"case": "lower", "length": "less than", "keyword": "exclude", "ending": END_PHRASES[0]}
+    asked = next(i for i, r in enumerate(rows) if r.instructions)
+    assert InstructionReward()(rows[asked:asked + 1], [problems[asked].answer])[0].valid
+    # a control prompt asks nothing: an unscored "general" row, every family at its DEFAULT. 1 draw in 7
+    # (SFT_PAIRS), of which the train side keeps 139 of the 240 texts, against 4 of 7 for the training pairs
+    controls = [(p, r) for p, r in zip(problems, rows) if not p.meta["families"]]
+    assert 0.09 < len(controls) / len(problems) < 0.14
+    assert all(r.domain == "general" and r.reward == "unscored" and r.instructions is None and
+               any(p.question == o.format(topic=t) for o in CONTROL_OPENERS for t in TOPICS) for p, r in controls)
+
+
+def test_control_split_holds_the_held_out_control_prompts_only():
+    rows = rl_task_rows("instruction_pairs", 76, seed=7, split="control")
+    assert len({r.prompt_text for r in rows}) == 76
+    assert all(r.domain == "general" and r.reward == "unscored" and r.meta == {"task": "instruction_pairs",
+                                                                                "families": []} for r in rows)
+    assert all(side_of("instruction_pairs", r.prompt_text, r.meta) == "eval" for r in rows)
+    trained = {r.prompt_text for r in rl_task_rows("instruction_pairs", 600, seed=2, split="train")}
+    assert all(r.instructions for r in rl_task_rows("instruction_pairs", 600, seed=2, split="train"))
+    sft = {p.question for p in generate_problems("instruction_pairs", 3000, 0, seed=2)["train"]}
+    assert not {r.prompt_text for r in rows} & (trained | sft)
+    with pytest.raises(ValueError, match="only 76 distinct prompts"):
+        rl_task_rows("instruction_pairs", 77, seed=7, split="control")
+    with pytest.raises(ValueError, match="split 'control' exists for 'instruction_pairs' only"):
+        rl_task_rows("addition", 5, split="control")
 
 
 def test_quickstart_mixes_addition_countdown_and_instruction_pairs():
     kinds = Counter(p.task for p in generate_problems("quickstart", 400, 0)["train"])
     assert kinds == {"addition": 250, "countdown_small": 50, "instruction_pairs": 100}
     rows = [parse_row(r, f"row {i}") for i, r in enumerate(prompt_rows("quickstart", "val", 10, 8))]
-    assert [r.domain for r in rows] == ["math", "instruction", "math", "logic", "math", "instruction", "math",
-                                        "math"]
+    assert [r.domain for r in rows] == ["math", "instruction", "math", "logic", "math", "general", "math",
+                                        "math"]  # "general": a control prompt (asks nothing, unscored)
     assert all("stated_answer" not in r.meta for r in rows)
 
 

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from ring_lightning.data.rollouts.stream import PromptSource
-from ring_lightning.eval.heldout import HeldoutEval, evaluate_model, load_sets, paired_difference, summarize
+from ring_lightning.eval.heldout import (HeldoutEval, evaluate_model, load_sets, paired_difference, summarize,
+                                         summary_line)
 from ring_lightning.eval.passk import EvalCounts, pass_at_k
 from ring_lightning.models.loading import load_policy
 from ring_lightning.rewards.base import RewardResult
@@ -107,3 +108,22 @@ def test_evaluate_model_counts_what_the_reward_accepts(tmp_path):
     # the same seed gives the same samples: a second evaluation is identical
     again = evaluate_model(str(tmp_path / "m"), spec, reward=ParityReward())
     assert again["sets"]["math"]["num_correct"] == m["num_correct"]
+
+
+def test_a_control_set_is_sampled_analysed_and_marked_unscored(tmp_path):
+    policy, tok = load_policy("bailing-tiny", seed=0, norm_head=False)
+    policy.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    spec = HeldoutEval(sets={"control": {"task": "instruction_pairs", "size": 3, "seed": 7,
+                                         "task_kwargs": {"split": "control"}},
+                             "math": {"task": "addition", "size": 2, "seed": 7, "task_kwargs": {"split": "heldout"}}},
+                       samples_per_prompt=2, k=[1, 2], max_tokens=6, seed=3, torch_threads=1)
+    res = evaluate_model(str(tmp_path / "m"), spec)
+    c = res["sets"]["control"]
+    assert c["scored"] is False and res["sets"]["math"]["scored"] is True
+    assert c["prompts"] == 3 and c["num_correct"] == [0, 0, 0]
+    control = c["analysis"]["instruction"]["control"]  # every family unasked: all seven properties measured
+    assert len(control) == 7 and all(v["prompts"] == 3 for v in control.values())
+    assert c["analysis"]["instruction"]["compliance"] == {}
+    line = summary_line(res)
+    assert "control: 3 control prompts (unscored)" in line and "math pass@1" in line

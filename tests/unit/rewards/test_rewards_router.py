@@ -18,6 +18,7 @@ from ring_lightning.rewards.instruction import InstructionReward
 from ring_lightning.rewards.logic import LogicReward
 from ring_lightning.rewards.math import MathReward
 from ring_lightning.rewards.router import RewardRouter
+from ring_lightning.rewards.unscored import UnscoredReward
 
 
 class Const:
@@ -46,6 +47,16 @@ def test_default_table():
     with pytest.raises(KeyError, match="configure `reward_model`"):
         router.reward_for(make_row("general"))
     pickle.loads(pickle.dumps(router))
+
+
+def test_control_prompts_are_routed_to_unscored():
+    router = RewardRouter()
+    row = make_row("general", id="c0", reward="unscored")
+    router.validate(row, "control row")  # a general row needs no reward model when it names "unscored"
+    out = router.score([row, row], ["anything", ""])
+    assert [(r.reward, r.valid, r.info) for r in out.results] == [(0.0, False, {"unscored": True})] * 2
+    with pytest.raises(ValueError, match="1 rows but 2 responses"):
+        UnscoredReward()([row], ["a", "b"])
 
 
 def test_routing_and_explicit_reward_name():
