@@ -72,19 +72,19 @@ def _constraint(family: str, side: Any) -> tuple[str, dict[str, Any]]:
 
 
 def pair_prompt(rng: random.Random, pairs: tuple[tuple[str, ...], ...] = TRAIN_PAIRS
-                ) -> tuple[str, list[dict[str, Any]], str, dict[str, Any]]:
-    """(prompt, instructions, topic, wants): a prompt with the constraints of a pair from `pairs`
+                ) -> tuple[str, list[dict[str, Any]], dict[str, Any]]:
+    """(prompt, instructions, wants): a prompt about one of TOPICS with the constraints of a pair from `pairs`
     (none for NO_CONSTRAINT: a control prompt, one of CONTROL_OPENERS); `wants` maps each asked family
     to its wanted side (SIDES)."""
     topic = rng.choice(TOPICS)
     families = list(rng.choice(pairs))
     if not families:
-        return rng.choice(CONTROL_OPENERS).format(topic=topic), [], topic, {}
+        return rng.choice(CONTROL_OPENERS).format(topic=topic), [], {}
     rng.shuffle(families)
     wants = {f: rng.choice(SIDES[f]) for f in families}
     parts = [_constraint(f, wants[f]) for f in families]
     question = f"Write about {topic}. " + " ".join(p[0] for p in parts)
-    return question, [p[1] for p in parts], topic, wants
+    return question, [p[1] for p in parts], wants
 
 
 def pair_sides(rng: random.Random, wants: dict[str, Any], follow_rate: float = FOLLOW_RATE) -> dict[str, Any]:

@@ -123,7 +123,7 @@ def _countdown_small(rng: random.Random) -> tuple[str, tuple[str, ...], str, dic
 
 
 def _instruction_pairs(rng: random.Random) -> tuple[str, tuple[str, ...], str, dict[str, Any]]:
-    question, instructions, _, wants = pair_prompt(rng, SFT_PAIRS)  # the partition picks the side
+    question, instructions, wants = pair_prompt(rng, SFT_PAIRS)  # the partition picks the side
     sides = pair_sides(rng, wants)
     meta = {"instructions": instructions, "families": sorted(wants)}
     return question, pair_plan(sides), pair_answer(rng, sides), meta

@@ -120,7 +120,7 @@ def _structured(task: str, n: int, seed: int, split: str) -> list[dict[str, Any]
         pairs = (NO_CONSTRAINT,) if split == "control" else ALL_PAIRS
 
         def make(rng):
-            q, ins, _, wants = pair_prompt(rng, pairs)
+            q, ins, wants = pair_prompt(rng, pairs)
             return q, (), "", {"instructions": ins, "families": sorted(wants)}
     elif task == "addition" and split == "ood":
         def make(rng):
