@@ -34,6 +34,7 @@ times swing with other processes' load, CPU time much less (reward worker proces
     python benchmarks/bench_rl_step.py --systems grpo-async-hf trl trl@2   # TRL also with 2 torch threads
     python benchmarks/bench_rl_step.py --model runs/quickstart/sft_export --prompts 16 --samples 8 --max-tokens 160
     python benchmarks/bench_rl_step.py --systems c3po --rounds 1 --steps 40 --csv /tmp/c3po.csv   # a learning run
+    python benchmarks/bench_rl_step.py --systems c3po@2 trl@2 --vllm-kwargs '{"enforce_eager": false}'   # compiled vLLM
 
 Numbers depend on the machine and its load; nothing here is asserted.
 """
@@ -129,6 +130,8 @@ class RLWorkload:
         clip_eps: PPO clip ε.
         grad_clip: gradient-norm clip.
         extra_overrides: more `fit` arguments of the ring_lightning runs (e.g. `--trainer.accelerator=gpu`).
+        vllm_kwargs: `VLLMEngine` arguments of the systems on the vLLM engine (e.g. `{"enforce_eager": False}`),
+            over the config's; the HF-engine systems do not take them.
     """
 
     model: str = "qwen3-moe-tiny"
@@ -152,6 +155,7 @@ class RLWorkload:
     clip_eps: float = 0.2
     grad_clip: float = 1.0
     extra_overrides: list[str] = field(default_factory=list)
+    vllm_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 def model_dir(model: str, tmp: Path, **overrides) -> str:
@@ -177,10 +181,12 @@ def build(w: RLWorkload, mode: str, model: str, engine: str = "vllm", staleness:
 
     if engine == "vllm":
         engine_arg = "--data.init_args.engine.class_path=benchmarks.shared_engine.SharedEngine"
+        engine_args = [f"--data.init_args.engine.init_args.{k}={json.dumps(v)}" for k, v in w.vllm_kwargs.items()]
     elif engine in ("hf", "hf-copy"):
         copy = "true" if engine == "hf-copy" else "false"
         engine_arg = ('--data.init_args.engine={"class_path": "ring_lightning.rollout.hf_engine.HFEngine", '
                       f'"init_args": {{"max_batch_size": {w.prompts * w.samples}, "copy_model": {copy}}}}}')
+        engine_args = []
     else:
         raise ValueError(f"unknown engine {engine!r}; expected 'vllm', 'hf' or 'hf-copy'")
     sizes = [f"--data.init_args.sources.{k}.size={v}" for k, v in (w.source_sizes or {}).items()]
@@ -200,7 +206,7 @@ def build(w: RLWorkload, mode: str, model: str, engine: str = "vllm", staleness:
         "--trainer.enable_checkpointing=false",
         f"--data.init_args.prompts_per_step={w.prompts}", f"--data.init_args.samples_per_prompt={w.samples}",
         f"--data.init_args.max_response_tokens={w.max_tokens}", f"--data.init_args.temperature={w.temperature}",
-        "--data.init_args.top_p=1.0", f"--data.init_args.max_staleness={staleness}", engine_arg, *sizes,
+        "--data.init_args.top_p=1.0", f"--data.init_args.max_staleness={staleness}", engine_arg, *engine_args, *sizes,
         *w.extra_overrides,
     ]
     return RingLightningCLI(args=overrides, run=False)
@@ -347,6 +353,8 @@ def main(argv=None) -> None:
     p.add_argument("--model", default=d.model, help="preset name or HF model directory")
     for name in ("prompts", "samples", "max_tokens", "phi", "micro_batch_tokens", "steps", "warmup", "rounds"):
         p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(d, name))
+    p.add_argument("--vllm-kwargs", type=json.loads, default={}, metavar="JSON",
+                   help='VLLMEngine arguments of the vLLM systems, e.g. \'{"enforce_eager": false}\' (torch.compile)')
     p.add_argument("--csv", default=None, help="write every step's metrics of every run here")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: no oversubscription on a "
                    "shared machine)")
@@ -356,7 +364,8 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     w = RLWorkload(model=args.model, **{k: getattr(args, k) for k in ("prompts", "samples", "max_tokens", "phi",
                                                                        "micro_batch_tokens", "steps", "warmup",
-                                                                       "rounds")})
+                                                                       "rounds")},
+                   vllm_kwargs=args.vllm_kwargs)
     result = compare(w, tuple(args.systems))
     print(f"\nRL step: model={w.model} L={w.prompts} K={w.samples} max_tokens={w.max_tokens} Φ={w.phi} "
           f"steps/run={w.steps} (warm-up {w.warmup}) rounds={w.rounds} torch threads={torch.get_num_threads()} "

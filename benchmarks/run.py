@@ -129,16 +129,21 @@ PRESETS: dict[str, Preset] = {
     # Where compute matters: the saved 58M Qwen3-MoE, L=8 x K=4 answers of up to 256 tokens (a random
     # policy writes all 256), Φ=4096; RL only. Every system at 1 and 2 torch threads, except the
     # one-step-ahead ones, which already keep both cores busy with two Python threads at 1 thread each,
-    # and the lever probes (c3po-async, c3po-oldpass, c3po-nokl: each against c3po at 1 thread). 2 steps
-    # per run (the first left out: the one-step-ahead overlap starts at step 2) and one round; then the
-    # expert kernels of the same model on 2 x 256 tokens: ~13 minutes on 2 cores. grpo-async-hf (the tiny
-    # preset has it) is left out for time: GRPO trains all L x K x 256 tokens; the target is on-policy C3PO.
+    # and the lever probes (c3po-async, c3po-oldpass, c3po-nokl: each against c3po at 1 thread). 3 steps
+    # per run, the first 2 left out (the one-step-ahead overlap starts at step 2, and a run's second step
+    # is still ~1 s slower than the later ones: the first optimizer step allocates the AdamW moments),
+    # one round; the vLLM engine compiled (`enforce_eager: false`, torch.compile of vLLM's CPU model:
+    # ~1.25x faster decoding than eager here, a one-off ~25 s longer start; exact after every sync, as
+    # eager); then the expert kernels of the same model on 2 x 256 tokens: ~13 minutes on 2 cores.
+    # grpo-async-hf (the tiny preset has it) is left out for time: GRPO trains all L x K x 256 tokens;
+    # the target is on-policy C3PO.
     "cpu-mid": Preset(
         sections=("rl", "moe"), saved_model=QWEN3_MOE_MID,
         moe=dict(model=QWEN3_MOE_MID.base, overrides=QWEN3_MOE_MID.overrides, batch=2, seq=256, steps=2),
         rl=RLWorkload(model=QWEN3_MOE_MID.name, model_overrides={}, prompts=8, samples=4, max_tokens=256,
-                      phi=4096, micro_batch_tokens=4096, steps=2, warmup=1, rounds=1,
-                      source_sizes={"arithmetic": 64, "countdown": 32}),
+                      phi=4096, micro_batch_tokens=4096, steps=3, warmup=2, rounds=1,
+                      source_sizes={"arithmetic": 64, "countdown": 32},
+                      vllm_kwargs={"enforce_eager": False}),
         rl_systems=("c3po", "c3po@2", "c3po-hf", "c3po-hf@2", "c3po-async", "c3po-async-hf", "c3po-oldpass",
                     "c3po-nokl", "trl", "trl@2")),
     # Ring-lite-2507 (hidden 2048, 64 experts top-6 + 2 shared, vocab 126,464) with 2 decoder layers
@@ -327,7 +332,8 @@ def dry_run(p: Preset, name: str, sections: list[str], out_dir: Path) -> None:
     print(f"dry run of preset {name}: sections {' '.join(sections)}")
     if "rl" in sections:
         print(f"rl workload: L={w.prompts} K={w.samples} max_tokens={w.max_tokens} Φ={w.phi} "
-              f"micro_batch_tokens={w.micro_batch_tokens} steps={w.steps} warmup={w.warmup} rounds={w.rounds}")
+              f"micro_batch_tokens={w.micro_batch_tokens} steps={w.steps} warmup={w.warmup} rounds={w.rounds}"
+              f"{f' vLLM engine {w.vllm_kwargs}' if w.vllm_kwargs else ''}")
         print("rl systems: " + ", ".join(f"{s} ({threads_of(s, p.threads or 1)} thread(s))" for s in p.rl_systems))
         levers = [(s, LEVERS[parse_system(s)[0]]) for s in p.rl_systems if parse_system(s)[0] in LEVERS]
         print("rl levers: " + (", ".join(f"{s} vs {base} ({key})" for s, (base, key, _) in levers) or "none"))

@@ -138,3 +138,28 @@ def test_lever_systems_parse_and_build_their_one_changed_knob(monkeypatch):
     assert knobs("c3po") == (1e-3, "false")
     assert knobs("c3po-oldpass") == (1e-3, "true")
     assert knobs("c3po-nokl") == (0.0, "false")
+
+
+def test_vllm_kwargs_reach_the_vllm_systems_only(monkeypatch):
+    """RLWorkload.vllm_kwargs become the shared vLLM engine's init_args (after its class_path); the
+    HF-engine systems, whose engine has other arguments, do not get them."""
+    import ring_lightning.cli as cli
+    from benchmarks.bench_rl_step import OURS, RLWorkload, build
+
+    monkeypatch.setattr(cli, "RingLightningCLI", lambda args, run: args)
+    w = RLWorkload(vllm_kwargs={"enforce_eager": False, "max_num_seqs": 32})
+    args = build(w, model="m", **OURS["c3po-async"])
+    at = args.index("--data.init_args.engine.class_path=benchmarks.shared_engine.SharedEngine")
+    assert args[at + 1:at + 3] == ["--data.init_args.engine.init_args.enforce_eager=false",
+                                   "--data.init_args.engine.init_args.max_num_seqs=32"]
+    for system in ("c3po-hf", "c3po-async-hf"):
+        assert not [a for a in build(w, model="m", **OURS[system]) if "engine.init_args" in a]
+
+
+def test_the_mid_preset_measures_steady_steps_on_a_compiled_engine():
+    """cpu-mid leaves out a run's first two steps (overlap start; the AdamW moments' first allocation)
+    and compiles the vLLM engine."""
+    from benchmarks.run import PRESETS
+
+    w = PRESETS["cpu-mid"].rl
+    assert (w.steps, w.warmup) == (3, 2) and w.vllm_kwargs == {"enforce_eager": False}

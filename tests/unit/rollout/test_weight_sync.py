@@ -2,7 +2,8 @@
 experts, FSDP2 shards), and SYNC PARITY after perturbing every weight, for an HF Qwen3-MoE policy and
 the native BailingMoe policy (and a Qwen3-MoE whose experts vLLM pads); a broken sync is caught; tied
 embeddings (Qwen2, Qwen3-MoE, Llama, BailingMoe) sync exactly and a stale tied head is named in the parity error.
-One vLLM engine alive at a time (7 starts)."""
+A compiled engine (enforce_eager=False) syncs exactly too.
+One vLLM engine alive at a time (8 starts)."""
 
 from __future__ import annotations
 
@@ -187,6 +188,25 @@ def test_sync_parity_over_three_successive_syncs(synced):
         assert engine.last_sync.tensors == n_tensors
         mean, mx = probe_diff(engine, model, round_)
         assert mean <= 1e-5 and mx <= 1e-4, (preset, round_, mean, mx)
+
+
+def test_a_compiled_engine_syncs_exactly_too():
+    """enforce_eager=False (torch.compile of vLLM's CPU model; the mid benchmark's setting): the
+    compiled graph reads the weights the sync loads in place, nothing is constant-folded."""
+    from ring_lightning.rollout.vllm_engine import VLLMEngine
+
+    model, tok = policy("qwen3-moe-tiny")
+    engine = VLLMEngine(model, tok, max_model_len=256, max_num_seqs=16, seed=0, enforce_eager=False)
+    try:
+        mean, mx = probe_diff(engine, model, 0)
+        assert mean <= 1e-5 and mx <= 1e-4, (mean, mx)
+        perturb_all(model, seed=1)
+        assert probe_diff(engine, model, 1)[0] > 1e-2  # stale before the sync
+        engine.update_weights(model.named_parameters())
+        mean, mx = probe_diff(engine, model, 1)
+        assert mean <= 1e-5 and mx <= 1e-4, (mean, mx)
+    finally:
+        engine.close()
 
 
 def test_broken_sync_is_caught_and_a_full_sync_recovers(synced):
