@@ -1,7 +1,7 @@
 """All throughput benchmarks in one command, one table.
 
     python benchmarks/run.py                          # --preset cpu-tiny: a few minutes on a small CPU
-    python benchmarks/run.py --preset cpu-mid         # a saved 58M Qwen3-MoE, 256-token answers: RL + moe, ~13 min
+    python benchmarks/run.py --preset cpu-mid         # a saved 58M Qwen3-MoE, 256-token answers: RL + moe, ~18 min
     python benchmarks/run.py --preset cpu-mid --dry-run   # what it would run: systems, levers, model, FLOP formula
     python benchmarks/run.py --preset gpu-ring-lite   # Ring-lite shape with fewer layers, one CUDA GPU
     python benchmarks/run.py --sections rl --rl-systems c3po trl --rounds 3
@@ -129,19 +129,21 @@ PRESETS: dict[str, Preset] = {
     # Where compute matters: the saved 58M Qwen3-MoE, L=8 x K=4 answers of up to 256 tokens (a random
     # policy writes all 256), Φ=4096; RL only. Every system at 1 and 2 torch threads, except the
     # one-step-ahead ones, which already keep both cores busy with two Python threads at 1 thread each,
-    # and the lever probes (c3po-async, c3po-oldpass, c3po-nokl: each against c3po at 1 thread). 3 steps
-    # per run, the first 2 left out (the one-step-ahead overlap starts at step 2, and a run's second step
-    # is still ~1 s slower than the later ones: the first optimizer step allocates the AdamW moments),
-    # one round; the vLLM engine compiled (`enforce_eager: false`, torch.compile of vLLM's CPU model:
-    # ~1.25x faster decoding than eager here, a one-off ~25 s longer start; exact after every sync, as
-    # eager); then the expert kernels of the same model on 2 x 256 tokens: ~13 minutes on 2 cores.
+    # and the lever probes (c3po-async, c3po-oldpass, c3po-nokl: each against c3po at 1 thread). 5 steps
+    # per run, the first 3 left out, medians of steps 4-5, one round: the one-step-ahead overlap starts at
+    # step 2, and training is not steady before step ~4 (on-policy C3PO at 2 threads, train seconds of
+    # steps 2..6 measured here: 5.10, 5.14, 4.47, 4.28, 4.02; the first optimizer step allocates the AdamW
+    # moments, the allocator settles after). The vLLM engine is compiled (`enforce_eager: false`,
+    # torch.compile of vLLM's CPU model: ~1.25x faster decoding than eager standalone, a one-off ~25 s
+    # longer start; exact after every sync, as eager). Then the expert kernels of the same model on
+    # 2 x 256 tokens: ~18 minutes on 2 cores.
     # grpo-async-hf (the tiny preset has it) is left out for time: GRPO trains all L x K x 256 tokens;
     # the target is on-policy C3PO.
     "cpu-mid": Preset(
         sections=("rl", "moe"), saved_model=QWEN3_MOE_MID,
         moe=dict(model=QWEN3_MOE_MID.base, overrides=QWEN3_MOE_MID.overrides, batch=2, seq=256, steps=2),
         rl=RLWorkload(model=QWEN3_MOE_MID.name, model_overrides={}, prompts=8, samples=4, max_tokens=256,
-                      phi=4096, micro_batch_tokens=4096, steps=3, warmup=2, rounds=1,
+                      phi=4096, micro_batch_tokens=4096, steps=5, warmup=3, rounds=1,
                       source_sizes={"arithmetic": 64, "countdown": 32},
                       vllm_kwargs={"enforce_eager": False}),
         rl_systems=("c3po", "c3po@2", "c3po-hf", "c3po-hf@2", "c3po-async", "c3po-async-hf", "c3po-oldpass",

@@ -157,9 +157,9 @@ def test_vllm_kwargs_reach_the_vllm_systems_only(monkeypatch):
 
 
 def test_the_mid_preset_measures_steady_steps_on_a_compiled_engine():
-    """cpu-mid leaves out a run's first two steps (overlap start; the AdamW moments' first allocation)
-    and compiles the vLLM engine."""
+    """cpu-mid leaves out a run's first three steps (overlap start; training not yet steady) and
+    compiles the vLLM engine."""
     from benchmarks.run import PRESETS
 
     w = PRESETS["cpu-mid"].rl
-    assert (w.steps, w.warmup) == (3, 2) and w.vllm_kwargs == {"enforce_eager": False}
+    assert (w.steps, w.warmup) == (5, 3) and w.vllm_kwargs == {"enforce_eager": False}

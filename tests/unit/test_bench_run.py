@@ -39,10 +39,10 @@ def test_cpu_mid_preset_is_the_58m_moe_at_256_tokens_with_both_thread_counts():
 
 
 def test_dry_run_prints_the_plan_and_the_formula_without_building(tmp_path, capsys):
-    bench_run.main(["--preset", "cpu-mid", "--dry-run", "--out-dir", str(tmp_path), "--steps", "4"])
+    bench_run.main(["--preset", "cpu-mid", "--dry-run", "--out-dir", str(tmp_path), "--steps", "6"])
     out = capsys.readouterr().out
     assert f"{tmp_path / 'models' / 'qwen3-moe-mid'} (built on the first real run)" in out
-    assert "steps=4 warmup=2 rounds=1 vLLM engine {'enforce_eager': False}" in out and "max_tokens=256" in out
+    assert "steps=6 warmup=3 rounds=1 vLLM engine {'enforce_eager': False}" in out and "max_tokens=256" in out
     assert "c3po@2 (2 thread(s))" in out and "trl (1 thread(s))" in out
     assert "6 x N x T" in out and "N = 13.25M active params" in out and "57.88M total" in out
     assert "sections rl moe" in out
