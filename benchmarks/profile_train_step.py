@@ -3,8 +3,10 @@ backward, clip + AdamW of one micro-batch, per step, and optionally a `torch.pro
 
 The step is the RL module's own path (`rl/logits.py:masked_logprobs_and_entropy`: decoder forward,
 loss rows gathered, chunked head) on `rows` random sequences of `prompt` + `response` tokens with the
-loss on the response tokens; the loss is a plain sum (the objective's arithmetic is negligible here).
-Every step is printed, none left out, so warm-up shows (the first AdamW step allocates the moments). docs/design.md#benchmarks quotes this script's figures.
+loss on the response tokens; the loss is their mean logprob (the objective's arithmetic is negligible
+here); the reference model is a copy of the starting policy, as in `RLModule`. Every step is printed,
+none left out, so warm-up shows (the first AdamW step allocates the moments). docs/design.md#benchmarks
+quotes this script's figures.
 
     python benchmarks/profile_train_step.py --model runs/bench/models/qwen3-moe-mid --threads 2 --steps 5
     python benchmarks/profile_train_step.py --model runs/bench/models/qwen3-moe-mid --profile   # + op table
@@ -16,6 +18,7 @@ Numbers depend on the machine and its load; nothing here is asserted.
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 import time
 from pathlib import Path
@@ -71,7 +74,7 @@ def main(argv=None) -> list[dict[str, float]]:
     from ring_lightning.models.loading import load_policy
 
     policy = load_policy(args.model, seed=0)[0].train()
-    ref = None if args.no_ref else load_policy(args.model, seed=0)[0].eval().requires_grad_(False)
+    ref = None if args.no_ref else copy.deepcopy(policy).eval().requires_grad_(False)
     opt = torch.optim.AdamW(policy.parameters(), lr=1e-5)
     mb = micro_batch(args.rows, args.prompt, args.response, min(policy.config.vocab_size, 1000))
     print(f"model={args.model} threads={args.threads} rows={args.rows} x ({args.prompt} + {args.response}) tokens, "

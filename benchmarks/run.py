@@ -1,7 +1,7 @@
 """All throughput benchmarks in one command, one table.
 
     python benchmarks/run.py                          # --preset cpu-tiny: a few minutes on a small CPU
-    python benchmarks/run.py --preset cpu-mid         # a saved 58M Qwen3-MoE, 256-token answers: RL + moe, ~18 min
+    python benchmarks/run.py --preset cpu-mid         # a saved 58M Qwen3-MoE, 256-token answers: RL + moe, ~20 min
     python benchmarks/run.py --preset cpu-mid --dry-run   # what it would run: systems, levers, model, FLOP formula
     python benchmarks/run.py --preset gpu-ring-lite   # Ring-lite shape with fewer layers, one CUDA GPU
     python benchmarks/run.py --sections rl --rl-systems c3po trl --rounds 3
@@ -136,7 +136,7 @@ PRESETS: dict[str, Preset] = {
     # moments, the allocator settles after). The vLLM engine is compiled (`enforce_eager: false`,
     # torch.compile of vLLM's CPU model: ~1.25x faster decoding than eager standalone, a one-off ~25 s
     # longer start; exact after every sync, as eager). Then the expert kernels of the same model on
-    # 2 x 256 tokens: ~18 minutes on 2 cores.
+    # 2 x 256 tokens: ~20 minutes on 2 cores.
     # grpo-async-hf (the tiny preset has it) is left out for time: GRPO trains all L x K x 256 tokens;
     # the target is on-policy C3PO.
     "cpu-mid": Preset(

@@ -155,11 +155,3 @@ def test_vllm_kwargs_reach_the_vllm_systems_only(monkeypatch):
     for system in ("c3po-hf", "c3po-async-hf"):
         assert not [a for a in build(w, model="m", **OURS[system]) if "engine.init_args" in a]
 
-
-def test_the_mid_preset_measures_steady_steps_on_a_compiled_engine():
-    """cpu-mid leaves out a run's first three steps (overlap start; training not yet steady) and
-    compiles the vLLM engine."""
-    from benchmarks.run import PRESETS
-
-    w = PRESETS["cpu-mid"].rl
-    assert (w.steps, w.warmup) == (5, 3) and w.vllm_kwargs == {"enforce_eager": False}

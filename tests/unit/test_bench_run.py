@@ -33,6 +33,8 @@ def test_cpu_mid_preset_is_the_58m_moe_at_256_tokens_with_both_thread_counts():
     assert (p.moe["model"], p.moe["overrides"]) == (p.saved_model.base, p.saved_model.overrides)
     assert "moe" in bench_run.SECTIONS and "moe" not in bench_run.PRESETS["cpu-tiny"].sections
     assert bench_run.rl_threads(p) == [1, 2]
+    # steady steps (overlap start; training settles over steps 2-5) on a compiled vLLM engine
+    assert (p.rl.steps, p.rl.warmup) == (5, 3) and p.rl.vllm_kwargs == {"enforce_eager": False}
     c = preset_params(p.saved_model.base, **p.saved_model.overrides)
     assert (c.total, c.active_matmul) == (MID_TOTAL, MID_ACTIVE_MATMUL) == (57_878_016, 13_248_000)
     assert "cpu-tiny" in bench_run.PRESETS and bench_run.PRESETS["cpu-tiny"].saved_model is None
