@@ -78,15 +78,43 @@ SYSTEMS = (*OURS, "trl")
 # one-step-ahead systems keep both cores busy with two Python threads at 1 thread each, so TRL is also
 # measured with 2 threads (its best setting here) for a like-for-like use of the machine.
 DEFAULT_SYSTEMS = ("c3po", "grpo", "c3po-hf", "c3po-async-hf", "grpo-async-hf", "trl", "trl@2")
+# `name[@N]:P` runs a system in precision P (default fp32: fp32 weights and compute, an exact weight sync):
+# "bf16": bf16 compute, fp32 master weights: ours under Lightning's `bf16-mixed` (torch.autocast; logprobs,
+#   softmax and the loss stay fp32) with the vLLM engine in bfloat16 (the sync casts; the HF-engine systems
+#   generate with the fp32 model), TRL with `bf16=True` (accelerate's autocast);
+# "bf16w": bf16 weights (and AdamW state), no fp32 master copy: ours with the module's dtype bfloat16 (the
+#   engine follows), TRL with the model loaded in bfloat16 and `bf16=True`.
+PRECISIONS = ("fp32", "bf16", "bf16w")
+
+
+def parse_variant(name: str) -> tuple[str, int | None, str]:
+    """("trl", 2, "bf16") for "trl@2:bf16"; threads None and precision "fp32" when not given.
+    Raises ValueError for unknown names."""
+    rest, colon, precision = name.partition(":")
+    base, sep, threads = rest.partition("@")
+    if (base not in SYSTEMS or (sep and not (threads.isdigit() and int(threads) >= 1))
+            or (colon and precision not in PRECISIONS)):
+        raise ValueError(f"unknown RL system {name!r}: expected one of {', '.join(SYSTEMS)}, optionally "
+                         f"followed by @<torch threads> and :<precision> ({', '.join(PRECISIONS)}), "
+                         "e.g. trl@2 or c3po@2:bf16")
+    return base, int(threads) if sep else None, precision if colon else "fp32"
 
 
 def parse_system(name: str) -> tuple[str, int | None]:
-    """("trl", 2) for "trl@2"; (name, None) without a thread count. Raises ValueError for unknown names."""
-    base, sep, threads = name.partition("@")
-    if base not in SYSTEMS or (sep and not (threads.isdigit() and int(threads) >= 1)):
-        raise ValueError(f"unknown RL system {name!r}: expected one of {', '.join(SYSTEMS)}, optionally "
-                         "followed by @<torch threads> (e.g. trl@2)")
-    return base, int(threads) if sep else None
+    """("trl", 2) for "trl@2" or "trl@2:bf16"; (base, None) without a thread count (`parse_variant`)."""
+    return parse_variant(name)[:2]
+
+
+def precision_overrides(precision: str, engine: str) -> list[str]:
+    """`fit` arguments of one of our runs in `precision` (`PRECISIONS`; `engine` as in `OURS`)."""
+    if precision == "fp32":
+        return []
+    if precision == "bf16":
+        vllm = ["--data.init_args.engine.init_args.dtype=bfloat16"] if engine == "vllm" else []
+        return ["--trainer.precision=bf16-mixed", *vllm]
+    if precision == "bf16w":
+        return ["--model.init_args.dtype=bfloat16"]
+    raise ValueError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
 
 
 @contextlib.contextmanager
@@ -174,14 +202,16 @@ def model_dir(model: str, tmp: Path, **overrides) -> str:
 
 
 def build(w: RLWorkload, mode: str, model: str, engine: str = "vllm", staleness: int = 0,
-          kl_coef: float | None = None, recompute_old: bool = False):
+          kl_coef: float | None = None, recompute_old: bool = False, precision: str = "fp32"):
     """The ring_lightning CLI objects (trainer, model, datamodule) of one run, not started; `kl_coef`
-    replaces the workload's β, `recompute_old` sets RLModule's `recompute_old_logprobs`."""
+    replaces the workload's β, `recompute_old` sets RLModule's `recompute_old_logprobs`, `precision` is
+    one of `PRECISIONS`."""
     from ring_lightning.cli import RingLightningCLI
 
     if engine == "vllm":
         engine_arg = "--data.init_args.engine.class_path=benchmarks.shared_engine.SharedEngine"
-        engine_args = [f"--data.init_args.engine.init_args.{k}={json.dumps(v)}" for k, v in w.vllm_kwargs.items()]
+        engine_args = [f"--data.init_args.engine.init_args.{k}={v if isinstance(v, str) else json.dumps(v)}"
+                       for k, v in w.vllm_kwargs.items()]  # a JSON string would keep its quotes
     elif engine in ("hf", "hf-copy"):
         copy = "true" if engine == "hf-copy" else "false"
         engine_arg = ('--data.init_args.engine={"class_path": "ring_lightning.rollout.hf_engine.HFEngine", '
@@ -207,13 +237,13 @@ def build(w: RLWorkload, mode: str, model: str, engine: str = "vllm", staleness:
         f"--data.init_args.prompts_per_step={w.prompts}", f"--data.init_args.samples_per_prompt={w.samples}",
         f"--data.init_args.max_response_tokens={w.max_tokens}", f"--data.init_args.temperature={w.temperature}",
         "--data.init_args.top_p=1.0", f"--data.init_args.max_staleness={staleness}", engine_arg, *engine_args, *sizes,
-        *w.extra_overrides,
+        *precision_overrides(precision, engine), *w.extra_overrides,
     ]
     return RingLightningCLI(args=overrides, run=False)
 
 
-def run_ours(w: RLWorkload, system: str, model: str) -> list[dict[str, float]]:
-    """One ring_lightning run of `system` (a key of `OURS`); every step's logged metrics."""
+def run_ours(w: RLWorkload, system: str, model: str, precision: str = "fp32") -> list[dict[str, float]]:
+    """One ring_lightning run of `system` (a key of `OURS`) in `precision`; every step's logged metrics."""
     from lightning.pytorch.callbacks import Callback
 
     rows: list[dict[str, float]] = []
@@ -226,7 +256,7 @@ def run_ours(w: RLWorkload, system: str, model: str) -> list[dict[str, float]]:
             cpu = time.process_time() - self.c0
             rows.append({**{k: float(v) for k, v in trainer.callback_metrics.items()}, "cpu/step": cpu})
 
-    cli = build(w, model=model, **OURS[system])
+    cli = build(w, model=model, precision=precision, **OURS[system])
     cli.trainer.callbacks.append(Collect())
     cli.trainer.fit(cli.model, cli.datamodule)
     return rows
@@ -241,10 +271,10 @@ def trl_prompt_rows(w: RLWorkload, model: str):
     return stream.draw(w.prompts * w.steps), dm.reward
 
 
-def run_trl_round(w: RLWorkload, model: str, rows, router) -> list[dict[str, float]]:
+def run_trl_round(w: RLWorkload, model: str, rows, router, precision: str = "fp32") -> list[dict[str, float]]:
     from benchmarks.bench_trl import run_trl
 
-    return run_trl(model, rows, router, samples=w.samples, max_tokens=w.max_tokens, temperature=w.temperature,
+    return run_trl(model, rows, router, precision=precision, samples=w.samples, max_tokens=w.max_tokens, temperature=w.temperature,
                    steps=w.steps, lr=w.lr, warmup_steps=w.warmup_lr_steps, kl_coef=w.kl_coef,
                    entropy_coef=w.entropy_coef, router_aux_loss_coef=w.router_aux_loss_coef, clip_eps=w.clip_eps,
                    grad_clip=w.grad_clip, micro_batch_tokens=w.micro_batch_tokens)
@@ -279,9 +309,9 @@ def compare(w: RLWorkload, systems: tuple[str, ...] = DEFAULT_SYSTEMS, log=print
     from benchmarks.bench_trl import trl_version
     from benchmarks.shared_engine import SharedEngine
 
-    base, threads = {}, {}
+    base, threads, precision = {}, {}, {}
     for s in systems:
-        base[s], threads[s] = parse_system(s)
+        base[s], threads[s], precision[s] = parse_variant(s)
     has_trl = "trl" in base.values()
     version = trl_version() if has_trl else None
     if has_trl and version is None:
@@ -294,21 +324,25 @@ def compare(w: RLWorkload, systems: tuple[str, ...] = DEFAULT_SYSTEMS, log=print
     if has_trl:
         rows, router = trl_prompt_rows(w, model)
     # vLLM systems first: starting vLLM in this process changes its CPU threading state (HF generate ran
-    # ~2x faster after it in one measurement here), so every run of every system must come after it.
-    systems = tuple(sorted(systems, key=lambda s: not (base[s] in OURS and OURS[base[s]]["engine"] == "vllm")))
+    # ~2x faster after it in one measurement here), so every run of every system must come after it. Those
+    # of one engine dtype run together: the shared engine restarts when the dtype changes.
+    vllm = lambda s: base[s] in OURS and OURS[base[s]]["engine"] == "vllm"  # noqa: E731
+    systems = tuple(sorted(systems, key=lambda s: (not vllm(s), precision[s] != "fp32" if vllm(s) else 0)))
     runs: dict[str, list[list[dict[str, float]]]] = {s: [] for s in systems}
+    SharedEngine.starts = []
     try:
         for r in range(w.rounds):  # every other round in reverse order: a load trend hits all systems alike
             for s in (systems if r % 2 == 0 else systems[::-1]):
                 log(f"[rl] round {r + 1}/{w.rounds}: {s} ({w.steps} steps)")
                 with torch_threads(threads[s]):
-                    runs[s].append(run_trl_round(w, model, rows, router) if base[s] == "trl"
-                                   else run_ours(w, base[s], model))
+                    runs[s].append(run_trl_round(w, model, rows, router, precision[s]) if base[s] == "trl"
+                                   else run_ours(w, base[s], model, precision[s]))
     finally:
         SharedEngine.close_shared()
         tmp.cleanup()
     return {"systems": {s: summarize(v, w.warmup) for s, v in runs.items()}, "trl_version": version,
-            "engine_start_s": SharedEngine.start_seconds, "workload": asdict(w), "runs": runs}
+            "engine_start_s": SharedEngine.starts[0][1] if SharedEngine.starts else 0.0,
+            "engine_starts": list(SharedEngine.starts), "workload": asdict(w), "runs": runs}
 
 
 def write_csv(path: str, runs: dict[str, list[list[dict[str, float]]]]) -> None:
@@ -349,7 +383,8 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     d = RLWorkload()
     p.add_argument("--systems", nargs="+", default=list(DEFAULT_SYSTEMS), type=system_arg,
-                   help=f"any of {', '.join(SYSTEMS)}, optionally with @<torch threads> (e.g. trl@2)")
+                   help=f"any of {', '.join(SYSTEMS)}, optionally with @<torch threads> and :<precision> "
+                        f"({', '.join(PRECISIONS)}), e.g. trl@2 or c3po@2:bf16")
     p.add_argument("--model", default=d.model, help="preset name or HF model directory")
     for name in ("prompts", "samples", "max_tokens", "phi", "micro_batch_tokens", "steps", "warmup", "rounds"):
         p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(d, name))

@@ -7,7 +7,8 @@ the same number of optimizer steps, and the same rule rewards (ring_lightning's 
 called from a TRL reward function, on the completion token ids decoded as our engines decode them).
 
 Fair settings for TRL (what a user would pick for a fast run): generation with transformers
-`generate` (TRL's vLLM path needs CUDA or a vLLM server), fp32 (no bf16 autocast; CPU), no gradient
+`generate` (TRL's vLLM path needs CUDA or a vLLM server), `precision` as ours (fp32 by default; "bf16":
+accelerate's bf16 autocast over fp32 weights; "bf16w": the model loaded in bfloat16 as well), no gradient
 checkpointing, one generation per optimizer step (`steps_per_generation` = gradient-accumulation
 steps, so TRL skips the separate π_old pass as we do), micro-batches of about `micro_batch_tokens`
 padded tokens (as ours), β = kl_coef (loads a reference model, as ours), entropy bonus, router
@@ -97,12 +98,16 @@ def _dataset(rows: Sequence[PromptRow]):
 
 def _grpo_config(output_dir: str, *, per_device: int, accumulation: int, samples: int, max_tokens: int,
                  temperature: float, kl_coef: float, entropy_coef: float, router_aux_loss_coef: float,
-                 clip_eps: float, steps: int, lr: float, warmup_steps: int, grad_clip: float, seed: int):
-    """TRL's GRPOConfig with the fair settings of the module docstring."""
+                 clip_eps: float, steps: int, lr: float, warmup_steps: int, grad_clip: float, seed: int,
+                 precision: str = "fp32"):
+    """TRL's GRPOConfig with the fair settings of the module docstring, in `precision` (`TRL_PRECISIONS`)."""
+    if precision not in TRL_PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; expected one of {', '.join(TRL_PRECISIONS)}")
+    bf16, weights = TRL_PRECISIONS[precision]
     from trl import GRPOConfig
 
     return GRPOConfig(
-        output_dir=output_dir, use_cpu=not torch.cuda.is_available(), bf16=False, fp16=False,
+        output_dir=output_dir, use_cpu=not torch.cuda.is_available(), bf16=bf16, fp16=False,
         gradient_checkpointing=False, per_device_train_batch_size=per_device,
         gradient_accumulation_steps=accumulation, num_generations=samples,
         max_completion_length=max_tokens, temperature=temperature, top_p=1.0, top_k=0, beta=kl_coef,
@@ -111,8 +116,12 @@ def _grpo_config(output_dir: str, *, per_device: int, accumulation: int, samples
         lr_scheduler_type="constant_with_warmup", warmup_steps=warmup_steps, weight_decay=0.0,
         max_grad_norm=grad_clip, logging_steps=steps, report_to="none", save_strategy="no", disable_tqdm=True,
         log_completions=False, shuffle_dataset=False, dataloader_num_workers=0, seed=seed,
-        model_init_kwargs={"dtype": torch.float32},
+        model_init_kwargs={"dtype": weights},
     )
+
+
+# precision (bench_rl_step.PRECISIONS) -> (GRPOConfig.bf16: accelerate's autocast, the model's load dtype)
+TRL_PRECISIONS = {"fp32": (False, torch.float32), "bf16": (True, torch.float32), "bf16w": (True, torch.bfloat16)}
 
 
 def _step_timer(gen_seconds: list[float], reward: RouterRewardFunc, steps_out: list[dict[str, float]]):
@@ -145,7 +154,7 @@ def _step_timer(gen_seconds: list[float], reward: RouterRewardFunc, steps_out: l
 def run_trl(model_dir: str, rows: Sequence[PromptRow], router, *, samples: int, max_tokens: int,
             temperature: float, steps: int, lr: float, warmup_steps: int, kl_coef: float, entropy_coef: float,
             router_aux_loss_coef: float, clip_eps: float, grad_clip: float, micro_batch_tokens: int,
-            seed: int = 0) -> list[dict[str, float]]:
+            seed: int = 0, precision: str = "fp32") -> list[dict[str, float]]:
     """Train `steps` GRPOTrainer steps of len(rows) // steps prompts x `samples`; one dict per step with
     the keys of ring_lightning's step metrics (`time/rollout`, `time/reward`, `time/train`, `time/sync`,
     `time/step`, `rollout/generated_tokens`, `train/loss_tokens`, `reward/mean`)."""
@@ -169,7 +178,7 @@ def run_trl(model_dir: str, rows: Sequence[PromptRow], router, *, samples: int, 
     args = _grpo_config(out_dir.name, per_device=per_device, accumulation=total // per_device, samples=samples,
                         max_tokens=max_tokens, temperature=temperature, kl_coef=kl_coef, entropy_coef=entropy_coef,
                         router_aux_loss_coef=router_aux_loss_coef, clip_eps=clip_eps, steps=steps, lr=lr,
-                        warmup_steps=warmup_steps, grad_clip=grad_clip, seed=seed)
+                        warmup_steps=warmup_steps, grad_clip=grad_clip, seed=seed, precision=precision)
     trainer = GRPOTrainer(model=model_dir, reward_funcs=reward, args=args, train_dataset=_dataset(rows),
                           processing_class=tokenizer)
     gen_seconds: list[float] = []

@@ -122,6 +122,7 @@ def _ring_lite(**extra) -> dict[str, Any]:
     return {"num_hidden_layers": RING_LITE_LAYERS, **extra}
 
 
+MID_BF16 = ("c3po@2:bf16", "c3po-async:bf16", "trl@2:bf16", "trl@2:bf16w")
 PRESETS: dict[str, Preset] = {
     # Tiny models, small sizes: the whole command takes a few minutes on 2 shared CPU cores. One torch
     # thread: on an oversubscribed machine more threads make OpenMP spin (10x slower steps seen here).
@@ -139,6 +140,10 @@ PRESETS: dict[str, Preset] = {
     # 2 x 256 tokens: ~20 minutes on 2 cores.
     # grpo-async-hf (the tiny preset has it) is left out for time: GRPO trains all L x K x 256 tokens;
     # the target is on-policy C3PO.
+    # ... and in bf16 (this machine's CPUs have AMX-BF16: bf16 matmuls ~7x the fp32 peak), ours and TRL's
+    # best two-thread settings: bf16 compute over fp32 master weights (ours: Lightning bf16-mixed and a bf16
+    # vLLM engine; TRL: bf16=True) and TRL with bf16 weights too (no fp32 master copy: not like-for-like,
+    # measured because it is TRL's fastest setting here). ~6 min more.
     "cpu-mid": Preset(
         sections=("rl", "moe"), saved_model=QWEN3_MOE_MID,
         moe=dict(model=QWEN3_MOE_MID.base, overrides=QWEN3_MOE_MID.overrides, batch=2, seq=256, steps=2),
@@ -147,7 +152,7 @@ PRESETS: dict[str, Preset] = {
                       source_sizes={"arithmetic": 64, "countdown": 32},
                       vllm_kwargs={"enforce_eager": False}),
         rl_systems=("c3po", "c3po@2", "c3po-hf", "c3po-hf@2", "c3po-async", "c3po-async-hf", "c3po-oldpass",
-                    "c3po-nokl", "trl", "trl@2")),
+                    "c3po-nokl", "trl", "trl@2", *MID_BF16)),
     # Ring-lite-2507 (hidden 2048, 64 experts top-6 + 2 shared, vocab 126,464) with 2 decoder layers
     # (1.68B total / 0.68B active parameters), fp32 master weights, one CUDA GPU; the RL config's engine
     # runs on the GPU with CUDA graphs. Prompts use the shipped tokenizer (ids < 1105); generated ids
@@ -241,16 +246,20 @@ def rl_threads(p: Preset) -> list[int]:
 
 
 def run_rl(p: Preset, table: Table, log) -> None:
+    import torch
+
     from benchmarks import bench_rl_step
     from benchmarks.flops import measure_matmul_peak
-    from benchmarks.rl_table import rl_rows
+    from benchmarks.rl_table import precision_of, rl_rows, threads_of
 
-    peaks = {}
+    peaks, bf16_peaks = {}, {}
     if p.device == "cpu":  # GPU presets: no CPU peak (flops.PEAK_TFLOPS / gpu_check.py give the GPU's MFU)
         log(f"[rl] fp32 matmul peak at {rl_threads(p)} thread(s)")
         peaks = {t: measure_matmul_peak(t) for t in rl_threads(p)}
+        half = sorted({threads_of(s, p.threads or 1) for s in p.rl_systems if precision_of(s) != "fp32"})
+        bf16_peaks = {t: measure_matmul_peak(t, dtype=torch.bfloat16) for t in half}
     res = bench_rl_step.compare(p.rl, p.rl_systems, log=log)
-    for row in rl_rows(res, p.rl, p.threads or 1, params=rl_params(p.rl), peaks=peaks):
+    for row in rl_rows(res, p.rl, p.threads or 1, params=rl_params(p.rl), peaks=peaks, bf16_peaks=bf16_peaks):
         table.add(*row)
 
 
@@ -323,7 +332,7 @@ def dry_run(p: Preset, name: str, sections: list[str], out_dir: Path) -> None:
     """Print what the preset would run, the RL model's counts and the FLOP formula; runs nothing heavy."""
     from benchmarks.bench_moe import EXPERTS_IMPLEMENTATIONS, FORMULA
     from benchmarks.bench_rl_step import parse_system
-    from benchmarks.rl_table import LEVERS, flops_rows, threads_of
+    from benchmarks.rl_table import LEVERS, family, flops_rows, lever_base, threads_of
 
     w = p.rl
     if p.saved_model is not None:
@@ -337,9 +346,10 @@ def dry_run(p: Preset, name: str, sections: list[str], out_dir: Path) -> None:
               f"micro_batch_tokens={w.micro_batch_tokens} steps={w.steps} warmup={w.warmup} rounds={w.rounds}"
               f"{f' vLLM engine {w.vllm_kwargs}' if w.vllm_kwargs else ''}")
         print("rl systems: " + ", ".join(f"{s} ({threads_of(s, p.threads or 1)} thread(s))" for s in p.rl_systems))
-        levers = [(s, LEVERS[parse_system(s)[0]]) for s in p.rl_systems if parse_system(s)[0] in LEVERS]
-        print("rl levers: " + (", ".join(f"{s} vs {base} ({key})" for s, (base, key, _) in levers) or "none"))
-        counts = [(parse_system(s)[0], threads_of(s, p.threads or 1)) for s in p.rl_systems]
+        levers = [(s, r, LEVERS[parse_system(s)[0]][1]) for s in p.rl_systems if parse_system(s)[0] in LEVERS
+                  for r in [lever_base(s, p.rl_systems, p.threads or 1)] if r]
+        print("rl levers: " + (", ".join(f"{s} vs {r} ({key})" for s, r, key in levers) or "none"))
+        counts = [(family(s), threads_of(s, p.threads or 1)) for s in p.rl_systems]
         phased = {b for b, t in counts if any(b2 == b and t2 != t for b2, t2 in counts)}
         print("rl per-phase threads: " + (", ".join(sorted(phased)) or "none"))
         table = Table()

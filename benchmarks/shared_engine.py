@@ -3,9 +3,11 @@
 The RL benchmarks alternate runs (C3PO, GRPO, TRL, C3PO, ...) so that all of them see the same
 machine load; starting a vLLM engine per run would cost ~16 s or more each. Put this class in the
 RL config's engine `class_path` (its init_args are exactly `VLLMEngine`'s, so the YAML's engine
-settings carry over): the first construction starts a `VLLMEngine`; later ones reuse it and load the
-new run's policy weights into it (so every run starts on-policy) and the run's torch thread count;
-`close()` does nothing, and `SharedEngine.close_shared()` closes the engine at the end of the benchmark.
+settings carry over): the first construction starts a `VLLMEngine`; later ones with the same engine
+settings (arguments, and the dtype "auto" resolves to) reuse it and load the new run's policy weights
+into it (so every run starts on-policy) and the run's torch thread count; a run with other settings (e.g.
+a bfloat16 engine after a float32 one) closes it and starts its own. `close()` does nothing, and
+`SharedEngine.close_shared()` closes the engine at the end of the benchmark.
 """
 
 from __future__ import annotations
@@ -25,14 +27,30 @@ class SharedEngine:
     """A `RolloutEngine` proxy for the process-wide shared `VLLMEngine` (arguments: `VLLMEngine`'s)."""
 
     _engine: ClassVar[VLLMEngine | None] = None
-    start_seconds: ClassVar[float] = 0.0
+    _settings: ClassVar[tuple | None] = None  # the running engine's `settings`
+    start_seconds: ClassVar[float] = 0.0  # of the latest start
+    starts: ClassVar[list[tuple[str, float]]] = []  # (engine dtype, seconds) of every start (a caller may reset it)
+
+    @staticmethod
+    def settings(model, engine_kwargs: dict[str, Any]) -> tuple:
+        """What a reused engine must match: its arguments, with dtype "auto" resolved to the policy's."""
+        kw = dict(engine_kwargs)
+        if kw.get("dtype", "auto") == "auto" and isinstance(model, torch.nn.Module):
+            kw["dtype"] = str(next(p.dtype for p in model.parameters() if p.is_floating_point())).removeprefix("torch.")
+        return tuple(sorted((k, repr(v)) for k, v in kw.items()))
 
     def __init__(self, model, tokenizer=None, **engine_kwargs: Any) -> None:
         threads = torch.get_num_threads()  # this run's (bench_rl_step.torch_threads)
+        settings = SharedEngine.settings(model, engine_kwargs)
+        if SharedEngine._engine is not None and settings != SharedEngine._settings:
+            SharedEngine.close_shared()
         if SharedEngine._engine is None:
             t0 = time.perf_counter()
             SharedEngine._engine = VLLMEngine(model, tokenizer, **engine_kwargs)
-            SharedEngine.start_seconds = time.perf_counter() - t0
+            SharedEngine._settings = settings
+            seconds = time.perf_counter() - t0
+            SharedEngine.starts.append((dict(settings).get("dtype", "'auto'").strip("'"), seconds))
+            SharedEngine.start_seconds = seconds
         elif isinstance(model, torch.nn.Module):  # a new run's policy: the engine must hold its weights
             SharedEngine._engine.update_weights(model.named_parameters())
         else:
@@ -73,7 +91,7 @@ class SharedEngine:
         if cls._engine is not None:
             threads = torch.get_num_threads()  # closing restores the last run's count: keep the caller's
             cls._engine.close()
-            cls._engine = None
+            cls._engine, cls._settings = None, None
             torch._C.set_num_threads(threads)
 
 

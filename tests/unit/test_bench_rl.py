@@ -79,6 +79,21 @@ def test_system_names_take_an_optional_thread_count():
             parse_system(bad)
     with pytest.raises(argparse.ArgumentTypeError, match="trl@2"):
         system_arg("trl@two")
+    from benchmarks.bench_rl_step import PRECISIONS, parse_variant
+
+    assert parse_variant("c3po@2:bf16") == ("c3po", 2, "bf16") and parse_variant("trl:bf16w") == ("trl", None, "bf16w")
+    assert parse_variant("c3po-async") == ("c3po-async", None, "fp32") and parse_system("trl@2:bf16") == ("trl", 2)
+    for bad in ("c3po:fp16", "c3po@2:", "c3po:bf16@2"):
+        with pytest.raises(ValueError, match=r"unknown RL system .*:<precision> \(fp32, bf16, bf16w\)"):
+            parse_variant(bad)
+    from benchmarks.bench_trl import TRL_PRECISIONS, _grpo_config
+
+    assert set(TRL_PRECISIONS) == set(PRECISIONS)
+    assert TRL_PRECISIONS["bf16"] == (True, torch.float32) and TRL_PRECISIONS["bf16w"] == (True, torch.bfloat16)
+    with pytest.raises(ValueError, match="unknown precision 'fp16'"):
+        _grpo_config("out", per_device=1, accumulation=1, samples=2, max_tokens=4, temperature=1.0, kl_coef=0.0,
+                     entropy_coef=0.0, router_aux_loss_coef=0.0, clip_eps=0.2, steps=1, lr=1e-5, warmup_steps=0,
+                     grad_clip=1.0, seed=0, precision="fp16")
     before = torch.get_num_threads()
     with torch_threads(before + 1):
         assert torch.get_num_threads() == before + 1
@@ -102,6 +117,7 @@ def test_a_reused_shared_engine_takes_each_runs_thread_count(monkeypatch):
 
     fake = FakeEngine()
     monkeypatch.setattr(SharedEngine, "_engine", fake)
+    monkeypatch.setattr(SharedEngine, "_settings", SharedEngine.settings(torch.nn.Linear(2, 2), {}))
     before = torch.get_num_threads()
     with torch_threads(before + 1):
         shared = SharedEngine(torch.nn.Linear(2, 2))
@@ -155,3 +171,62 @@ def test_vllm_kwargs_reach_the_vllm_systems_only(monkeypatch):
     for system in ("c3po-hf", "c3po-async-hf"):
         assert not [a for a in build(w, model="m", **OURS[system]) if "engine.init_args" in a]
 
+
+
+def test_the_shared_engine_restarts_when_a_run_needs_other_engine_settings(monkeypatch):
+    """One engine per dtype: a bf16 run after fp32 runs closes the fp32 engine and starts its own; dtype
+    "auto" resolves to the policy's parameter dtype; the same settings reuse the engine."""
+    import torch
+
+    import benchmarks.shared_engine as se
+    from benchmarks.shared_engine import SharedEngine
+
+    events = []
+
+    class FakeVLLM:
+        def __init__(self, model, tokenizer=None, **kw):
+            self.kw, self._threads = kw, torch.get_num_threads()
+            events.append(("start", kw.get("dtype", "auto")))
+
+        def update_weights(self, named):
+            events.append(("load", len(list(named))))
+
+        def close(self):
+            events.append(("close", self.kw.get("dtype", "auto")))
+
+    monkeypatch.setattr(se, "VLLMEngine", FakeVLLM)
+    monkeypatch.setattr(SharedEngine, "_engine", None)
+    monkeypatch.setattr(SharedEngine, "starts", [])
+    fp32, bf16 = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2).to(torch.bfloat16)
+    assert SharedEngine.settings(fp32, {"enforce_eager": True}) == (("dtype", "'float32'"), ("enforce_eager", "True"))
+    assert SharedEngine.settings(fp32, {"dtype": "bfloat16"}) == SharedEngine.settings(bf16, {})
+    SharedEngine(fp32, enforce_eager=True)
+    SharedEngine(fp32, enforce_eager=True)  # same settings: the running engine loads the run's weights
+    SharedEngine(fp32, enforce_eager=True, dtype="bfloat16")  # bf16 engine for an fp32 trainer (bf16-mixed)
+    SharedEngine(bf16, enforce_eager=True)  # "auto" = bfloat16: reused
+    SharedEngine(fp32, enforce_eager=False)  # other arguments: restarted
+    SharedEngine.close_shared()
+    assert events == [("start", "auto"), ("load", 2), ("close", "auto"), ("start", "bfloat16"), ("load", 2),
+                      ("close", "bfloat16"), ("start", "auto"), ("close", "auto")]
+    assert [d for d, _ in SharedEngine.starts] == ["float32", "bfloat16", "float32"]
+    assert SharedEngine._engine is None and SharedEngine._settings is None
+
+
+def test_precision_variants_set_the_trainer_engine_and_module_dtypes(monkeypatch):
+    """`:bf16` = Lightning bf16-mixed, plus a bfloat16 vLLM engine for the vLLM systems only (the HF engine
+    generates with the trainer's model); `:bf16w` = the module's dtype bfloat16 (the engine follows)."""
+    import ring_lightning.cli as cli
+    from benchmarks.bench_rl_step import OURS, RLWorkload, build
+
+    monkeypatch.setattr(cli, "RingLightningCLI", lambda args, run: args)
+    w = RLWorkload(vllm_kwargs={"enforce_eager": False, "dtype": "float32"})
+    knobs = lambda args: [a for a in args if "precision" in a or "dtype" in a]  # noqa: E731
+    assert knobs(build(w, model="m", **OURS["c3po"])) == ["--data.init_args.engine.init_args.dtype=float32"]
+    assert knobs(build(w, model="m", precision="bf16", **OURS["c3po"])) == [  # the variant's dtype last: it wins
+        "--data.init_args.engine.init_args.dtype=float32", "--trainer.precision=bf16-mixed",
+        "--data.init_args.engine.init_args.dtype=bfloat16"]
+    assert knobs(build(w, model="m", precision="bf16", **OURS["c3po-hf"])) == ["--trainer.precision=bf16-mixed"]
+    assert knobs(build(RLWorkload(), model="m", precision="bf16w", **OURS["c3po-async"])) == [
+        "--model.init_args.dtype=bfloat16"]
+    with pytest.raises(ValueError, match="unknown precision 'fp16'"):
+        build(w, model="m", precision="fp16", **OURS["c3po"])

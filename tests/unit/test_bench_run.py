@@ -87,12 +87,12 @@ def test_rl_rows_pick_each_best_thread_count_and_compare_with_trls_best():
     res = {"systems": systems, "trl_version": "1.16.0", "engine_start_s": 0.0}
     rows = {(sec, metric): (value, detail) for sec, metric, value, detail in
             rl_rows(res, bench_run.PRESETS["cpu-mid"].rl, 1, params=params, peaks={1: 1e9, 2: 2e9})}
-    value, detail = rows[("rl c3po", "best thread count (lowest s/step)")]
+    value, detail = rows[("rl c3po", "best setting: threads[:precision] (lowest s/step)")]
     assert value == "2" and detail == "of 1: 20.00 s, 2: 16.00 s"
-    assert rows[("rl trl", "best thread count (lowest s/step)")][0] == "2"
+    assert rows[("rl trl", "best setting: threads[:precision] (lowest s/step)")][0] == "2"
     # vs TRL@2 (32 s/step, 12288 tokens/step): c3po@1 steps/s 32/20, e2e (12288/20) / (16384/32)
     ratio = rows[("rl c3po / TRL best", "steps/s; e2e tokens/s; tokens/CPU-s; steps/CPU-s")]
-    assert ratio[0] == "1.60x; 1.20x; 1.20x; 1.60x" and "(trl@2: 2 thread(s)" in ratio[1]
+    assert ratio[0] == "1.60x; 1.20x; 1.20x; 1.60x" and "(trl@2: 2 thread(s), fp32" in ratio[1]
     assert rows[("rl c3po@2 / TRL best", "steps/s; e2e tokens/s; tokens/CPU-s; steps/CPU-s")][0].startswith("2.00x;")
     assert ("rl trl / TRL best", "steps/s; e2e tokens/s; tokens/CPU-s; steps/CPU-s") not in rows
     # training FLOP/s = 6 x 50 x 4096 / 10 s = 122,880 FLOP/s -> GFLOP/s, of the 1-thread peak (1e9)
@@ -100,6 +100,35 @@ def test_rl_rows_pick_each_best_thread_count_and_compare_with_trls_best():
     assert rows[("rl trl@2", "training GFLOP/s (6NT / train s)")][0] == f"{6 * 50 * 8192 / 16 / 1e9:,.2f}; 0.0% of peak"
     assert rows[("rl", "fp32 matmul peak, 2 thread(s)")][0] == "2.0 GFLOP/s"
     assert rows[("rl", "training FLOPs formula")][0] == "6 x N x T"
+
+
+def test_rl_rows_take_trls_best_over_threads_and_precisions():
+    """Precision variants (`:bf16`, `:bf16w`) compete for each base's best setting; phase threads and
+    levers compare one precision only; a bf16 system's FLOP/s is also shown against the bf16 peak."""
+    systems = {"c3po@2": _summary(16.0, 8.0), "c3po:bf16": _summary(12.0, 6.0, rollout=4.0),
+               "c3po@2:bf16": _summary(8.0, 4.0, rollout=3.0), "c3po-nokl@2:bf16": _summary(7.0, 3.0),
+               "trl@2": _summary(32.0, 16.0), "trl@2:bf16w": _summary(24.0, 12.0)}
+    assert best_variants(systems) == {"c3po": "c3po@2:bf16", "c3po-nokl": "c3po-nokl@2:bf16", "trl": "trl@2:bf16w"}
+    params = ParamCount(total=100, active=60, routed_experts=50, input_embedding=10)
+    rows = {(sec, metric): (value, detail) for sec, metric, value, detail in
+            rl_rows({"systems": systems}, bench_run.PRESETS["cpu-mid"].rl, 1, params=params,
+                    peaks={1: 1e9, 2: 2e9}, bf16_peaks={1: 3e9, 2: 6e9})}
+    value, detail = rows[("rl c3po", "best setting: threads[:precision] (lowest s/step)")]
+    assert value == "2:bf16" and detail == "of 2: 16.00 s, 1:bf16: 12.00 s, 2:bf16: 8.00 s"
+    ratio = rows[("rl c3po@2:bf16 / TRL best", "steps/s; e2e tokens/s; tokens/CPU-s; steps/CPU-s")]
+    assert ratio[0].startswith("3.00x;") and "(trl@2:bf16w: 2 thread(s), bf16w" in ratio[1]
+    assert rows[("rl c3po@2 / TRL best", "steps/s; e2e tokens/s; tokens/CPU-s; steps/CPU-s")][0].startswith("1.50x;")
+    # phase threads within c3po:bf16 only (c3po@2 is another family): rollout 4 (1) vs 3 (2), train 6 vs 4
+    assert rows[("rl threads c3po:bf16", "rollout / train seconds at each thread count")][0] == \
+        "1: 4.00 / 6.00, 2: 3.00 / 4.00"
+    assert not [k for k in rows if k[0] == "rl threads c3po"]  # one fp32 variant: no estimate
+    # the lever compares with c3po at 2 threads in bf16 (train 4 - 3), not with c3po@2 in fp32 (8 - 3)
+    assert rows[("rl lever c3po-nokl@2:bf16", "train seconds bought per step (vs c3po@2:bf16)")][0].startswith("1.000;")
+    flops = 6 * 50 * 4096 / 4.0
+    assert rows[("rl c3po@2:bf16", "training GFLOP/s (6NT / train s)")][0] == \
+        f"{flops / 1e9:,.2f}; {flops / 2e9:.1%} of peak; {flops / 6e9:.1%} of the bf16 peak"
+    assert rows[("rl c3po@2", "training GFLOP/s (6NT / train s)")][0].endswith("of peak")  # fp32: fp32 peak only
+    assert rows[("rl", "bf16 matmul peak, 2 thread(s)")][0] == "6.0 GFLOP/s"
 
 
 def test_rl_rows_flop_share_of_peak_by_hand():
