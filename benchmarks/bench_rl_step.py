@@ -16,6 +16,8 @@ one step off-policy); `c3po-async-hf` / `grpo-async-hf` (the same overlap with `
 knob changed: `c3po-oldpass` (RLModule's `recompute_old_logprobs=True`: the separate no-grad π_old forward
 that one epoch skips) and `c3po-nokl` (β = kl_coef 0: no reference model, no reference forward; the
 workload's β is the report's 1e-3); `trl` (TRL's GRPOTrainer, skipped with a message when TRL is not installed).
+Any system takes `@N` (torch threads) and `:precision` (`PRECISIONS`: fp32 by default, `bf16` = bf16 compute over
+fp32 master weights with a bf16 vLLM engine, `bf16w` = bf16 weights), e.g. `c3po@2:bf16`, `trl@2:bf16w`.
 
 The systems are measured in *rounds*, alternating (c3po, grpo, ..., trl, c3po, grpo, ...), so that
 load from other processes on a shared machine hits all of them alike; each run is a fresh
@@ -35,6 +37,7 @@ times swing with other processes' load, CPU time much less (reward worker proces
     python benchmarks/bench_rl_step.py --model runs/quickstart/sft_export --prompts 16 --samples 8 --max-tokens 160
     python benchmarks/bench_rl_step.py --systems c3po --rounds 1 --steps 40 --csv /tmp/c3po.csv   # a learning run
     python benchmarks/bench_rl_step.py --systems c3po@2 trl@2 --vllm-kwargs '{"enforce_eager": false}'   # compiled vLLM
+    python benchmarks/bench_rl_step.py --systems c3po@2:bf16 trl@2 trl@2:bf16 trl@2:bf16w   # bf16 (AMX CPUs)
 
 Numbers depend on the machine and its load; nothing here is asserted.
 """

@@ -1,7 +1,7 @@
 """All throughput benchmarks in one command, one table.
 
     python benchmarks/run.py                          # --preset cpu-tiny: a few minutes on a small CPU
-    python benchmarks/run.py --preset cpu-mid         # a saved 58M Qwen3-MoE, 256-token answers: RL + moe, ~20 min
+    python benchmarks/run.py --preset cpu-mid         # a saved 58M Qwen3-MoE, 256-token answers: RL + moe, ~26 min
     python benchmarks/run.py --preset cpu-mid --dry-run   # what it would run: systems, levers, model, FLOP formula
     python benchmarks/run.py --preset gpu-ring-lite   # Ring-lite shape with fewer layers, one CUDA GPU
     python benchmarks/run.py --sections rl --rl-systems c3po trl --rounds 3
@@ -14,11 +14,12 @@ Sections (each reuses its `bench_*` module; run those directly for more options)
   same model and prompts (alternating, medians), and seconds per exact weight sync.
 * rl (`bench_rl_step`, table `rl_table.py`): end-to-end RL steps of ring_lightning's systems and TRL's
   GRPOTrainer on the same workload, alternating in rounds: (generated + trained) tokens/s, seconds
-  per step and its split, ratios to TRL at its best thread count (`name@N`: N torch threads; skipped
-  when TRL is not installed), training FLOP/s (6 N T / train s) against the measured fp32 matmul peak
-  at the same thread count, and issue 19's levers, each as the seconds it buys against its base at the
-  same thread count: the π_old pass (`c3po-oldpass`), the reference forward (`c3po-nokl`), the
-  one-step-ahead overlap (`c3po-async`), per-phase threads (rollout and training each at its best count).
+  per step and its split, ratios to TRL at its best setting (`name@N`: N torch threads, `name:bf16` /
+  `:bf16w`: precision; skipped when TRL is not installed), training FLOP/s (6 N T / train s) against the
+  measured fp32 matmul peak at the same thread count (and the bf16 peak for bf16 systems), and issue
+  19's levers, each as the seconds it buys against its base at the same thread count and precision: the
+  π_old pass (`c3po-oldpass`), the reference forward (`c3po-nokl`), the one-step-ahead overlap
+  (`c3po-async`), per-phase threads (rollout and training each at its best count).
 * moe (`bench_moe`): fwd+bwd tokens/s of one training step of the RL model per transformers
   `experts_implementation` (eager, batched_mm, grouped_mm), vs eager, FLOP/s against the fp32 peak, and
   the implementation ring_lightning's training uses by default.
@@ -137,13 +138,12 @@ PRESETS: dict[str, Preset] = {
     # moments, the allocator settles after). The vLLM engine is compiled (`enforce_eager: false`,
     # torch.compile of vLLM's CPU model: ~1.25x faster decoding than eager standalone, a one-off ~25 s
     # longer start; exact after every sync, as eager). Then the expert kernels of the same model on
-    # 2 x 256 tokens: ~20 minutes on 2 cores.
-    # grpo-async-hf (the tiny preset has it) is left out for time: GRPO trains all L x K x 256 tokens;
-    # the target is on-policy C3PO.
-    # ... and in bf16 (this machine's CPUs have AMX-BF16: bf16 matmuls ~7x the fp32 peak), ours and TRL's
-    # best two-thread settings: bf16 compute over fp32 master weights (ours: Lightning bf16-mixed and a bf16
-    # vLLM engine; TRL: bf16=True) and TRL with bf16 weights too (no fp32 master copy: not like-for-like,
-    # measured because it is TRL's fastest setting here). ~6 min more.
+    # 2 x 256 tokens. `MID_BF16`: the same in bf16 (this machine's CPU has AMX-BF16: bf16 matmuls ~6x the
+    # fp32 peak), ours and TRL's two-thread settings: bf16 compute over fp32 master weights (ours: Lightning
+    # bf16-mixed and a bf16 vLLM engine; TRL: bf16=True) and TRL with bf16 weights too (no fp32 master copy:
+    # not like-for-like, measured because it is TRL's fastest setting here). ~26 minutes on 2 cores (1,575 s
+    # measured). grpo-async-hf (the tiny preset has it) is left out for time: GRPO trains all L x K x 256
+    # tokens; the target is on-policy C3PO.
     "cpu-mid": Preset(
         sections=("rl", "moe"), saved_model=QWEN3_MOE_MID,
         moe=dict(model=QWEN3_MOE_MID.base, overrides=QWEN3_MOE_MID.overrides, batch=2, seq=256, steps=2),

@@ -30,6 +30,8 @@ def test_cpu_mid_preset_is_the_58m_moe_at_256_tokens_with_both_thread_counts():
     for system in ("c3po", "c3po-hf", "trl"):
         assert system in p.rl_systems and f"{system}@2" in p.rl_systems
     assert {"c3po-async-hf", "c3po-async", "c3po-oldpass", "c3po-nokl"} <= set(p.rl_systems)
+    # bf16 variants of ours and of TRL (autocast over fp32 weights, and TRL's bf16 weights)
+    assert {"c3po@2:bf16", "c3po-async:bf16", "trl@2:bf16", "trl@2:bf16w"} <= set(p.rl_systems)
     assert (p.moe["model"], p.moe["overrides"]) == (p.saved_model.base, p.saved_model.overrides)
     assert "moe" in bench_run.SECTIONS and "moe" not in bench_run.PRESETS["cpu-tiny"].sections
     assert bench_run.rl_threads(p) == [1, 2]
