@@ -120,7 +120,7 @@ def _grpo_config(output_dir: str, *, per_device: int, accumulation: int, samples
     )
 
 
-# precision (bench_rl_step.PRECISIONS) -> (GRPOConfig.bf16: accelerate's autocast, the model's load dtype)
+# precision (rl_systems.PRECISIONS) -> (GRPOConfig.bf16: accelerate's autocast, the model's load dtype)
 TRL_PRECISIONS = {"fp32": (False, torch.float32), "bf16": (True, torch.float32), "bf16w": (True, torch.bfloat16)}
 
 

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from benchmarks.bench_rl_step import RLWorkload, parse_system, parse_variant
+from benchmarks.bench_rl_step import RLWorkload
+from benchmarks.rl_systems import parse_system, parse_variant
 from benchmarks.flops import ParamCount, train_flops
 
 Row = tuple[str, str, str, str]  # section, metric, value, detail

@@ -49,7 +49,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.bench_rl_step import DEFAULT_SYSTEMS, SYSTEMS, RLWorkload, system_arg  # noqa: E402
+from benchmarks.bench_rl_step import RLWorkload  # noqa: E402
+from benchmarks.rl_systems import DEFAULT_SYSTEMS, SYSTEMS, system_arg  # noqa: E402
 
 SECTIONS = ("sft", "rollout", "rl", "moe", "rewards")
 RING_LITE_LAYERS = 2  # gpu-ring-lite: Ring-lite-2507 width, experts and vocabulary, fewer layers
@@ -331,7 +332,7 @@ def resolve(args) -> Preset:
 def dry_run(p: Preset, name: str, sections: list[str], out_dir: Path) -> None:
     """Print what the preset would run, the RL model's counts and the FLOP formula; runs nothing heavy."""
     from benchmarks.bench_moe import EXPERTS_IMPLEMENTATIONS, FORMULA
-    from benchmarks.bench_rl_step import parse_system
+    from benchmarks.rl_systems import parse_system
     from benchmarks.rl_table import LEVERS, family, flops_rows, lever_base, threads_of
 
     w = p.rl

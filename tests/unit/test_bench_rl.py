@@ -70,7 +70,8 @@ def test_system_names_take_an_optional_thread_count():
 
     import torch
 
-    from benchmarks.bench_rl_step import DEFAULT_SYSTEMS, parse_system, system_arg, torch_threads
+    from benchmarks.bench_rl_step import torch_threads
+    from benchmarks.rl_systems import DEFAULT_SYSTEMS, parse_system, system_arg
 
     assert parse_system("trl@2") == ("trl", 2) and parse_system("c3po-async-hf") == ("c3po-async-hf", None)
     assert all(parse_system(s) for s in DEFAULT_SYSTEMS)
@@ -79,7 +80,7 @@ def test_system_names_take_an_optional_thread_count():
             parse_system(bad)
     with pytest.raises(argparse.ArgumentTypeError, match="trl@2"):
         system_arg("trl@two")
-    from benchmarks.bench_rl_step import PRECISIONS, parse_variant
+    from benchmarks.rl_systems import PRECISIONS, parse_variant
 
     assert parse_variant("c3po@2:bf16") == ("c3po", 2, "bf16") and parse_variant("trl:bf16w") == ("trl", None, "bf16w")
     assert parse_variant("c3po-async") == ("c3po-async", None, "fp32") and parse_system("trl@2:bf16") == ("trl", 2)
@@ -134,7 +135,8 @@ def test_lever_systems_parse_and_build_their_one_changed_knob(monkeypatch):
     import json
 
     import ring_lightning.cli as cli
-    from benchmarks.bench_rl_step import OURS, SYSTEMS, RLWorkload, build, parse_system
+    from benchmarks.bench_rl_step import RLWorkload, build
+    from benchmarks.rl_systems import OURS, SYSTEMS, parse_system
 
     assert parse_system("c3po-oldpass@2") == ("c3po-oldpass", 2) and parse_system("c3po-nokl") == ("c3po-nokl", None)
     assert {"c3po-oldpass", "c3po-nokl", "c3po-async"} <= set(SYSTEMS)
@@ -160,7 +162,8 @@ def test_vllm_kwargs_reach_the_vllm_systems_only(monkeypatch):
     """RLWorkload.vllm_kwargs become the shared vLLM engine's init_args (after its class_path); the
     HF-engine systems, whose engine has other arguments, do not get them."""
     import ring_lightning.cli as cli
-    from benchmarks.bench_rl_step import OURS, RLWorkload, build
+    from benchmarks.bench_rl_step import RLWorkload, build
+    from benchmarks.rl_systems import OURS
 
     monkeypatch.setattr(cli, "RingLightningCLI", lambda args, run: args)
     w = RLWorkload(vllm_kwargs={"enforce_eager": False, "max_num_seqs": 32})
@@ -216,7 +219,8 @@ def test_precision_variants_set_the_trainer_engine_and_module_dtypes(monkeypatch
     """`:bf16` = Lightning bf16-mixed, plus a bfloat16 vLLM engine for the vLLM systems only (the HF engine
     generates with the trainer's model); `:bf16w` = the module's dtype bfloat16 (the engine follows)."""
     import ring_lightning.cli as cli
-    from benchmarks.bench_rl_step import OURS, RLWorkload, build
+    from benchmarks.bench_rl_step import RLWorkload, build
+    from benchmarks.rl_systems import OURS
 
     monkeypatch.setattr(cli, "RingLightningCLI", lambda args, run: args)
     w = RLWorkload(vllm_kwargs={"enforce_eager": False, "dtype": "float32"})
