@@ -222,8 +222,8 @@ def trl_prompt_rows(w: RLWorkload, model: str):
 def run_trl_round(w: RLWorkload, model: str, rows, router, precision: str = "fp32") -> list[dict[str, float]]:
     from benchmarks.bench_trl import run_trl
 
-    return run_trl(model, rows, router, precision=precision, samples=w.samples, max_tokens=w.max_tokens, temperature=w.temperature,
-                   steps=w.steps, lr=w.lr, warmup_steps=w.warmup_lr_steps, kl_coef=w.kl_coef,
+    return run_trl(model, rows, router, precision=precision, samples=w.samples, max_tokens=w.max_tokens,
+                   temperature=w.temperature, steps=w.steps, lr=w.lr, warmup_steps=w.warmup_lr_steps, kl_coef=w.kl_coef,
                    entropy_coef=w.entropy_coef, router_aux_loss_coef=w.router_aux_loss_coef, clip_eps=w.clip_eps,
                    grad_clip=w.grad_clip, micro_batch_tokens=w.micro_batch_tokens)
 
@@ -253,7 +253,7 @@ def summarize(runs: list[list[dict[str, float]]], warmup: int) -> dict[str, floa
 
 def compare(w: RLWorkload, systems: tuple[str, ...] = DEFAULT_SYSTEMS, log=print) -> dict[str, Any]:
     """Run the systems in alternating rounds; returns {system: summary}, the TRL version (or None)
-    and the shared engine's start seconds."""
+    and the shared engine's starts ((dtype, seconds) each)."""
     from benchmarks.bench_trl import trl_version
     from benchmarks.shared_engine import SharedEngine
 
@@ -289,7 +289,6 @@ def compare(w: RLWorkload, systems: tuple[str, ...] = DEFAULT_SYSTEMS, log=print
         SharedEngine.close_shared()
         tmp.cleanup()
     return {"systems": {s: summarize(v, w.warmup) for s, v in runs.items()}, "trl_version": version,
-            "engine_start_s": SharedEngine.starts[0][1] if SharedEngine.starts else 0.0,
             "engine_starts": list(SharedEngine.starts), "workload": asdict(w), "runs": runs}
 
 

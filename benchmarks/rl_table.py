@@ -177,9 +177,9 @@ def phase_estimate(systems: dict[str, dict[str, float]], default_threads: int) -
     out: dict[str, dict[str, Any]] = {}
     for base in dict.fromkeys(family(n) for n in systems):
         tried = [n for n in systems if family(n) == base]
-        best_name = min(tried, key=lambda n: systems[n]["s_step"])
         if len(tried) < 2:
             continue
+        best_name = min(tried, key=lambda n: systems[n]["s_step"])
         by_t = {threads_of(n, default_threads): (systems[n]["s_rollout"], systems[n]["s_train"]) for n in tried}
         t_roll = min(by_t, key=lambda t: by_t[t][0])
         t_train = min(by_t, key=lambda t: by_t[t][1])
@@ -223,7 +223,7 @@ def rl_rows(res: dict[str, Any], w: RLWorkload, default_threads: int, params: Pa
                      f"{c['s_step'] / g['s_step']:.2f}; {c['s_train'] / g['s_train']:.2f}; "
                      f"{c['cpu_s_step'] / g['cpu_s_step']:.2f}",
                      f"C3PO trains Φ={w.phi} tokens/step, GRPO all {g['loss_tokens']:.0f}"))
-    starts = res.get("engine_starts") or ([("", res["engine_start_s"])] if res.get("engine_start_s") else [])
+    starts = res.get("engine_starts") or []
     if len(starts) == 1:
         rows.append(("rl", "vLLM engine start seconds (once)", f"{starts[0][1]:.1f}", "shared by the vLLM runs"))
     elif starts:

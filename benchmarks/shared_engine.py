@@ -28,29 +28,33 @@ class SharedEngine:
 
     _engine: ClassVar[VLLMEngine | None] = None
     _settings: ClassVar[tuple | None] = None  # the running engine's `settings`
-    start_seconds: ClassVar[float] = 0.0  # of the latest start
     starts: ClassVar[list[tuple[str, float]]] = []  # (engine dtype, seconds) of every start (a caller may reset it)
 
     @staticmethod
+    def engine_dtype(model, engine_kwargs: dict[str, Any]) -> str:
+        """The engine's dtype argument, "auto" resolved to an in-memory policy's parameter dtype."""
+        dtype = engine_kwargs.get("dtype", "auto")
+        if dtype == "auto" and isinstance(model, torch.nn.Module):
+            return str(next(p.dtype for p in model.parameters() if p.is_floating_point())).removeprefix("torch.")
+        return dtype
+
+    @staticmethod
     def settings(model, engine_kwargs: dict[str, Any]) -> tuple:
-        """What a reused engine must match: its arguments, with dtype "auto" resolved to the policy's."""
-        kw = dict(engine_kwargs)
-        if kw.get("dtype", "auto") == "auto" and isinstance(model, torch.nn.Module):
-            kw["dtype"] = str(next(p.dtype for p in model.parameters() if p.is_floating_point())).removeprefix("torch.")
+        """What a reused engine must match: its arguments, with dtype "auto" resolved (`engine_dtype`)."""
+        kw = {**engine_kwargs, "dtype": SharedEngine.engine_dtype(model, engine_kwargs)}
         return tuple(sorted((k, repr(v)) for k, v in kw.items()))
 
     def __init__(self, model, tokenizer=None, **engine_kwargs: Any) -> None:
         threads = torch.get_num_threads()  # this run's (bench_rl_step.torch_threads)
-        settings = SharedEngine.settings(model, engine_kwargs)
+        dtype = SharedEngine.engine_dtype(model, engine_kwargs)
+        settings = SharedEngine.settings(model, {**engine_kwargs, "dtype": dtype})
         if SharedEngine._engine is not None and settings != SharedEngine._settings:
             SharedEngine.close_shared()
         if SharedEngine._engine is None:
             t0 = time.perf_counter()
             SharedEngine._engine = VLLMEngine(model, tokenizer, **engine_kwargs)
             SharedEngine._settings = settings
-            seconds = time.perf_counter() - t0
-            SharedEngine.starts.append((dict(settings).get("dtype", "'auto'").strip("'"), seconds))
-            SharedEngine.start_seconds = seconds
+            SharedEngine.starts.append((dtype, time.perf_counter() - t0))
         elif isinstance(model, torch.nn.Module):  # a new run's policy: the engine must hold its weights
             SharedEngine._engine.update_weights(model.named_parameters())
         else:

@@ -86,7 +86,7 @@ def test_rl_rows_pick_each_best_thread_count_and_compare_with_trls_best():
                "trl": _summary(40.0, 20.0, loss_tokens=8192.0), "trl@2": _summary(32.0, 16.0, loss_tokens=8192.0)}
     assert best_variants(systems) == {"c3po": "c3po@2", "trl": "trl@2"}
     params = ParamCount(total=100, active=60, routed_experts=50, input_embedding=10)  # active_matmul 50
-    res = {"systems": systems, "trl_version": "1.16.0", "engine_start_s": 0.0}
+    res = {"systems": systems, "trl_version": "1.16.0", "engine_starts": [("float32", 12.0)]}
     rows = {(sec, metric): (value, detail) for sec, metric, value, detail in
             rl_rows(res, bench_run.PRESETS["cpu-mid"].rl, 1, params=params, peaks={1: 1e9, 2: 2e9})}
     value, detail = rows[("rl c3po", "best setting: threads[:precision] (lowest s/step)")]
@@ -102,6 +102,7 @@ def test_rl_rows_pick_each_best_thread_count_and_compare_with_trls_best():
     assert rows[("rl trl@2", "training GFLOP/s (6NT / train s)")][0] == f"{6 * 50 * 8192 / 16 / 1e9:,.2f}; 0.0% of peak"
     assert rows[("rl", "fp32 matmul peak, 2 thread(s)")][0] == "2.0 GFLOP/s"
     assert rows[("rl", "training FLOPs formula")][0] == "6 x N x T"
+    assert rows[("rl", "vLLM engine start seconds (once)")][0] == "12.0"  # one engine for every vLLM run
 
 
 def test_rl_rows_take_trls_best_over_threads_and_precisions():
@@ -113,8 +114,10 @@ def test_rl_rows_take_trls_best_over_threads_and_precisions():
     assert best_variants(systems) == {"c3po": "c3po@2:bf16", "c3po-nokl": "c3po-nokl@2:bf16", "trl": "trl@2:bf16w"}
     params = ParamCount(total=100, active=60, routed_experts=50, input_embedding=10)
     rows = {(sec, metric): (value, detail) for sec, metric, value, detail in
-            rl_rows({"systems": systems}, bench_run.PRESETS["cpu-mid"].rl, 1, params=params,
-                    peaks={1: 1e9, 2: 2e9}, bf16_peaks={1: 3e9, 2: 6e9})}
+            rl_rows({"systems": systems, "engine_starts": [("float32", 31.8), ("bfloat16", 20.2)]},
+                    bench_run.PRESETS["cpu-mid"].rl, 1, params=params, peaks={1: 1e9, 2: 2e9},
+                    bf16_peaks={1: 3e9, 2: 6e9})}
+    assert rows[("rl", "vLLM engine start seconds")][0] == "float32 31.8, bfloat16 20.2"
     value, detail = rows[("rl c3po", "best setting: threads[:precision] (lowest s/step)")]
     assert value == "2:bf16" and detail == "of 2: 16.00 s, 1:bf16: 12.00 s, 2:bf16: 8.00 s"
     ratio = rows[("rl c3po@2:bf16 / TRL best", "steps/s; e2e tokens/s; tokens/CPU-s; steps/CPU-s")]
